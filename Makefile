@@ -1,0 +1,73 @@
+# Brain-MRI edge pipeline. `make all` runs everything on the embedded synthetic
+# phantoms; `DATA=path/to/Training make distill tflite parity` on real data.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+DVENV := .venv-device
+PY := $(VENV)/bin/python
+DPY := $(DVENV)/bin/python
+
+DATA ?=
+TEST_DATA ?=
+ifeq ($(strip $(DATA)),)
+  RUN ?= synthetic
+  TRAIN_ARGS := --preset synthetic
+else
+  RUN ?= real
+  TRAIN_ARGS := --data $(DATA) $(if $(TEST_DATA),--test-data $(TEST_DATA),)
+endif
+OUT := artifacts/$(RUN)
+ARGS ?=
+
+.PHONY: all venv data distill tflite parity test test-train test-device lint bench pi-smoke clean
+
+all: data distill tflite parity
+
+# Environments install only when their requirements change (stamp files).
+$(VENV)/.stamp: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+$(DVENV)/.stamp: device/requirements.txt
+	$(PYTHON) -m venv $(DVENV)
+	$(DVENV)/bin/pip install -q -r device/requirements.txt pytest
+	touch $@
+
+venv: $(VENV)/.stamp $(DVENV)/.stamp
+
+data/synthetic/.stamp: $(VENV)/.stamp train/phantom.py
+	$(PY) -m train.phantom --out data/synthetic
+	touch $@
+
+data: data/synthetic/.stamp
+
+distill: $(VENV)/.stamp $(if $(strip $(DATA)),,data/synthetic/.stamp)
+	$(PY) -m train $(TRAIN_ARGS) --out $(OUT) $(ARGS)
+
+tflite: $(VENV)/.stamp
+	$(PY) -m convert --run $(OUT) $(ARGS)
+
+parity: $(VENV)/.stamp
+	$(PY) -m convert.parity --run $(OUT) $(ARGS)
+
+bench: $(VENV)/.stamp $(DVENV)/.stamp
+	$(PY) -m bench --run $(OUT) $(ARGS)
+
+# Tests: training/convert side in .venv, device side in .venv-device (no TensorFlow there).
+test: test-train test-device
+
+test-train: $(VENV)/.stamp
+	$(PY) -m pytest -q tests --ignore=tests/device
+
+test-device: $(DVENV)/.stamp
+	$(DPY) -m pytest -q tests/device
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check .
+
+pi-smoke: $(VENV)/.stamp $(DVENV)/.stamp
+	bash tools/pi_smoke.sh
+
+clean:
+	rm -rf artifacts data

@@ -1,0 +1,1 @@
+"""Convert stage: Keras models -> TFLite variants with metadata, int8 audit and parity gate."""

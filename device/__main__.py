@@ -1,0 +1,5 @@
+import sys
+
+from device.classify import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""Latency / load-time / memory benchmark of one model on this board's runtime.
+
+    python -m device.bench --model M [--runs 200] [--warmup 20] [--threads 1] [--runtime auto]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+from device.metadata import ModelError
+
+
+def peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 / 1024 if sys.platform == "darwin" else r / 1024
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench(model, runtime="auto", threads=1, runs=200, warmup=20, verify=True) -> dict:
+    from device.runtime import Classifier
+
+    t0 = time.perf_counter()
+    clf = Classifier(model, runtime=runtime, threads=threads, verify=verify)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (clf.size, clf.size), dtype=np.uint8)
+    for _ in range(warmup):
+        clf.predict_pixels(img)
+    lat = np.empty(runs)
+    for i in range(runs):
+        t = time.perf_counter()
+        clf.predict_pixels(img)
+        lat[i] = (time.perf_counter() - t) * 1000
+    p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+    return {"model": str(model), "runtime": clf.runtime, "threads": threads, "runs": runs,
+            "load_ms": round(load_s * 1000, 2), "p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
+            "p99_ms": round(float(p99), 3), "images_per_s": round(1000.0 / float(lat.mean()), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "machine": f"{cpu_name()} ({platform.machine()})",
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m device.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--runtime", default="auto", choices=["auto", "tflite-runtime", "litert"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        r = bench(a.model, a.runtime, a.threads, a.runs, a.warmup)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print(f"model {r['model']}  runtime {r['runtime']}  threads {r['threads']}  on {r['machine']}")
+        print(f"load {r['load_ms']:.1f} ms | latency p50 {r['p50_ms']:.2f} ms  p90 {r['p90_ms']:.2f} ms  "
+              f"p99 {r['p99_ms']:.2f} ms | {r['images_per_s']:.0f} img/s | peak RSS {r['peak_rss_mb']:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

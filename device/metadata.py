@@ -1,0 +1,106 @@
+"""Model metadata: the JSON sidecar the device trusts before it runs a model.
+
+`model.tflite` is always shipped with `model.json` beside it. The device checks
+the SHA-256 of the .tflite bytes and the preprocessing contract version against
+it, so a swapped, truncated or re-converted model is refused, not run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from device.preprocess import CONTRACT_VERSION
+
+FORMAT = "mri-edge-model/1"
+
+
+class ModelError(RuntimeError):
+    """A model that must not be run; the message says why."""
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sidecar_path(model_path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write via a temp file in the same folder + rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def make_metadata(*, model_path, labels, input_size, input_dtype, input_quant, output_dtype,
+                  output_quant, output_kind="probabilities", run=None, metrics=None, extra=None) -> dict:
+    meta = {
+        "format": FORMAT,
+        "model_file": Path(model_path).name,
+        "sha256": sha256_file(model_path),
+        "size_bytes": Path(model_path).stat().st_size,
+        "labels": list(labels),
+        "input": {"size": int(input_size), "channels": 1, "dtype": input_dtype,
+                  "quantization": input_quant},
+        "output": {"dtype": output_dtype, "quantization": output_quant, "kind": output_kind},
+        "preprocess": {"contract_version": CONTRACT_VERSION, "color": "grayscale",
+                       "resize": "pad-to-square, bilinear", "pixels": "uint8 0..255"},
+        "run": run or {},
+        "metrics": metrics or {},
+    }
+    if extra:
+        meta.update(extra)
+    return meta
+
+
+def read_metadata(model_path) -> dict:
+    """Load and validate the sidecar of `model_path`; raise ModelError with a clear reason."""
+    model_path = Path(model_path)
+    side = sidecar_path(model_path)
+    if not model_path.is_file():
+        raise ModelError(f"model file not found: {model_path}")
+    if not side.is_file():
+        raise ModelError(f"metadata not found: {side} (every model ships with a JSON sidecar)")
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"metadata {side} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"metadata {side} is not in format {FORMAT}")
+    for key in ("sha256", "labels", "input", "output", "preprocess"):
+        if key not in meta:
+            raise ModelError(f"metadata {side} lacks '{key}'")
+    actual = sha256_file(model_path)
+    if actual != meta["sha256"]:
+        raise ModelError(
+            f"model {model_path.name} does not match its metadata (sha256 {actual[:12]}... "
+            f"!= {meta['sha256'][:12]}...): the file was changed or corrupted; re-run the convert stage"
+        )
+    cv = meta["preprocess"].get("contract_version")
+    if cv != CONTRACT_VERSION:
+        raise ModelError(
+            f"model was built for preprocessing contract v{cv}, this device code implements v{CONTRACT_VERSION}"
+        )
+    return meta

@@ -1,0 +1,53 @@
+"""Shared fixtures for the training/convert tests (run in .venv).
+
+Everything is tiny: 32-48 px phantoms, a few epochs, so the suite fits in CI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory):
+    from train.phantom import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("phantoms"), n_train=40, n_test=10, size=64, seed=1)
+
+
+def tiny_config(data_root: Path, out: Path, **kw):
+    from train.config import Config
+
+    base = dict(data=str(data_root / "Training"), test_data=str(data_root / "Testing"), image_size=32, teacher_size=32,
+                cache_dir=str(out / "cache"), out=str(out / "run"), teacher_epochs=2, student_epochs=6,
+                batch_size=16, patience=20, seed=3, augment=False)
+    base.update(kw)
+    return dataclasses.replace(Config(), **base)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(phantoms, tmp_path_factory):
+    """One full (tiny) training run: teacher, distilled student, baseline."""
+    from train.run import run
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(phantoms, out)
+    assert run(cfg) == 0
+    return Path(cfg.out)
+
+
+@pytest.fixture(scope="session")
+def converted(tiny_run):
+    """The int8 student of the tiny run (converted in-process; the CLI uses one process per variant)."""
+    from convert.tflite import convert_variant
+
+    r = convert_variant(tiny_run, "student_int8", calibration_size=40, seed=0)
+    return tiny_run, r

@@ -1,0 +1,112 @@
+import json
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from convert import calibration
+from convert.audit import audit, check_full_int8
+from convert.parity import main as parity_main
+from convert.tflite import convert_variant
+from device.metadata import ModelError, read_metadata
+from device.preprocess import load_image
+from device.runtime import Classifier
+from tests.conftest import ROOT
+from train.data import load_folder
+
+
+def test_int8_model_has_integer_io_and_no_float_ops(converted):
+    run, r = converted
+    rep = audit(run / "student_int8.tflite")
+    assert check_full_int8(rep) == [], rep
+    assert rep["input"]["dtype"] == "uint8" and rep["input"]["quantization"] == [1.0, 0]
+    assert rep["output"]["dtype"] == "uint8"
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(rep["op_types"])
+    meta = read_metadata(run / "student_int8.tflite")
+    assert meta["labels"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert meta["input"]["quantization"] == [1.0, 0] and meta["calibration"]["count"] > 0
+
+
+def test_audit_flags_a_float_model(converted):
+    run, _ = converted
+    convert_variant(run, "student_fp32")
+    problems = check_full_int8(audit(run / "student_fp32.tflite"))
+    assert any("float operators" in p for p in problems) and any("input dtype" in p for p in problems)
+
+
+def test_representative_set_is_stratified_deterministic_and_disjoint_from_eval(converted):
+    run, _ = converted
+    split = calibration.read_split(run)
+    a = calibration.choose(split["train"], split["classes"], 20, seed=1)
+    assert a == calibration.choose(split["train"], split["classes"], 20, seed=1)
+    assert a != calibration.choose(split["train"], split["classes"], 20, seed=2)
+    per_class = [sum(f"/{c}/" in p for p in a) for c in split["classes"]]
+    assert max(per_class) - min(per_class) <= 1 and sum(per_class) == 20
+    saved = (run / "calibration.txt").read_text().split()
+    assert saved and not set(saved) & (set(split["test"]) | set(split["val"]))
+
+
+def test_training_pixels_and_device_pixels_are_bit_identical(converted):
+    """What training saw (cached arrays) == what the device feeds the interpreter, for the same files."""
+    run, _ = converted
+    split = calibration.read_split(run)
+    data_root = Path(split["train"][0]).parents[1]
+    cached = load_folder(data_root, 32, run.parent / "cache")
+    assert cached.cache_hit  # the very arrays the training run used
+    clf = Classifier(run / "student_int8.tflite")
+    inp = clf.interpreter.get_input_details()[0]["index"]
+    for path, arr in list(zip(cached.paths, cached.x))[:25]:
+        assert np.array_equal(load_image(path, 32), arr)
+        clf.predict_file(path)
+        fed = clf.interpreter.get_tensor(inp)[0, :, :, 0]
+        assert fed.dtype == np.uint8 and np.array_equal(fed, arr), path
+
+
+def test_parity_gate_passes_good_model_and_fails_blank_calibration(converted, tmp_path):
+    run, _ = converted
+    assert parity_main(["--run", str(run)]) == 0
+    rep = json.loads((run / "parity.json").read_text())
+    assert rep["passed"] and rep["agreement_percent"] >= 98
+    for f in ("parity.md", "parity.png"):
+        assert (run / f).is_file()
+    assert read_metadata(run / "student_int8.tflite")["metrics"]["parity"]["passed"]
+    # A deliberately broken model: calibrated on blank images, every activation range collapses.
+    convert_variant(run, "student_int8", representative_override=np.zeros((8, 32, 32), np.uint8),
+                    out_name="student_blank")
+    assert parity_main(["--run", str(run), "--model", "student_blank"]) == 1
+    bad = json.loads((run / "parity_student_blank.json").read_text())
+    assert not bad["passed"] and bad["failures"]
+
+
+def test_corrupted_or_mismatched_model_is_refused(converted, tmp_path):
+    run, _ = converted
+    m = tmp_path / "m.tflite"
+    shutil.copy(run / "student_int8.tflite", m)
+    shutil.copy(run / "student_int8.json", m.with_suffix(".json"))
+    data = bytearray(m.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    m.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match its metadata"):
+        Classifier(m)
+    m.write_bytes(b"")
+    with pytest.raises(ModelError):
+        Classifier(m)
+
+
+def test_convert_cli_writes_variants_in_separate_processes(converted):
+    run, _ = converted
+    p = subprocess.run([sys.executable, "-m", "convert", "--run", str(run), "--variants",
+                        "student_int8,student_fp16,student_dynamic,teacher_fp32", "--calibration-size", "20"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads((run / "convert_report.json").read_text())
+    sizes = {v["variant"]: v["bytes"] for v in report["variants"]}
+    assert set(sizes) == {"student_int8", "student_fp16", "student_dynamic", "teacher_fp32"}
+    assert sizes["student_int8"] < sizes["student_fp16"] < sizes["teacher_fp32"]
+    assert not list(run.glob(".*.tmp"))  # atomic writes leave no temp files
+    bad = subprocess.run([sys.executable, "-m", "convert", "--run", str(run / "nope")], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -1,0 +1,145 @@
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import ROOT, tiny_config
+from train.distill import Distiller, distillation_loss
+from train.models import build_student, count_macs
+
+
+def test_loss_matches_hand_computation_including_t_squared():
+    s = np.array([[2.0, 0.5, -1.0]], np.float32)
+    t = np.array([[1.0, 3.0, 0.0]], np.float32)
+    y = np.array([1])
+    T, alpha = 3.0, 0.25
+
+    def sm(z):
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    ce = -np.log(sm(s[0])[1])
+    pt, ps = sm(t[0] / T), sm(s[0] / T)
+    kl = float((pt * np.log(pt / ps)).sum())
+    expected = alpha * ce + (1 - alpha) * T * T * kl
+    got = float(distillation_loss(y, s, t, T, alpha)[0])
+    assert got == pytest.approx(expected, rel=1e-5)
+    # Cross-check the soft term against Keras' own LogitsDistillation, which
+    # (given a KLDivergence object, not the "kl_divergence" string) includes T^2.
+    from keras.distillation import LogitsDistillation
+
+    ld = LogitsDistillation(temperature=T, loss=keras.losses.KLDivergence())
+    assert float(ld.compute_loss(t, s)) == pytest.approx(T * T * kl, rel=1e-4)
+    # alpha = 1 is plain cross-entropy (the baseline).
+    assert float(distillation_loss(y, s, t, T, 1.0)[0]) == pytest.approx(ce, rel=1e-5)
+
+
+def _teacher(size):
+    inp = keras.Input((size, size, 1))
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inp))
+    return keras.Model(inp, keras.layers.Dense(4)(x))
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_teacher_stays_frozen_and_student_learns(cached):
+    keras.utils.set_random_seed(0)
+    size = 16
+    teacher, student = _teacher(size), build_student(size, 4, width=0.25)
+    before_t = [w.copy() for w in teacher.get_weights()]
+    before_s = [w.copy() for w in student.get_weights()]
+    x = np.random.default_rng(0).integers(0, 255, (8, size, size, 1)).astype(np.float32)
+    y = np.arange(8) % 4
+    d = Distiller(student, teacher, temperature=4.0, alpha=0.5)
+    d.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    target = {"label": y, "teacher_logits": teacher.predict(x, verbose=0)} if cached else y
+    d.fit(x, target, epochs=1, batch_size=8, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before_t, teacher.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(before_s, student.get_weights()))
+
+
+def test_student_is_small_int8_friendly_and_far_cheaper_than_teacher():
+    from train.models import build_teacher
+
+    s, t = build_student(128, 4), build_teacher(128, 4)
+    assert s.count_params() <= 300_000
+    assert count_macs(t) > 3 * count_macs(s)
+    allowed = (keras.layers.InputLayer, keras.layers.Rescaling, keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
+               keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.GlobalAveragePooling2D,
+               keras.layers.Dropout, keras.layers.Dense)
+    assert all(isinstance(layer, allowed) for layer in s.layers), [type(la).__name__ for la in s.layers]
+
+
+def test_run_writes_models_reports_and_a_reloadable_student(tiny_run):
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    assert set(m["results"]) == {"teacher", "student", "baseline"}
+    assert m["kd_gain_test_accuracy"] == pytest.approx(
+        m["results"]["student"]["test"]["accuracy"] - m["results"]["baseline"]["test"]["accuracy"])
+    for k in ("config", "data_report", "git_commit", "versions"):
+        assert k in m
+    for f in ("confusion.png", "curves.png", "split.json", "data_report.json"):
+        assert (tiny_run / f).is_file()
+    # The saved student is a plain Keras model: no custom objects needed.
+    student = keras.models.load_model(tiny_run / "student.keras")
+    assert student.output_shape == (None, 4)
+
+
+def test_killed_run_resumes_from_last_epoch(phantoms, tmp_path):
+    """A run interrupted after epoch 2 restarts at epoch 3, not from scratch."""
+    from train import stages
+    from train.data import prepare
+
+    cfg = tiny_config(phantoms, tmp_path, student_epochs=4)
+    s = prepare(cfg)
+    x, y = s.images.x[s.train], s.images.labels[s.train]
+    w = np.ones(len(y), np.float32)
+    xv, yv = s.images.x[s.val], s.images.labels[s.val]
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated kill")
+
+    class Seen(keras.callbacks.Callback):
+        epochs = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            Seen.epochs.append(epoch)
+
+    strategy = tf.distribute.get_strategy()
+    with pytest.raises(KeyboardInterrupt):
+        stages.fit_student(build_student(32, 4, 0.25), None, x, y, w, None, xv, yv, cfg, alpha=1.0,
+                           stage_dir=tmp_path / "stage", strategy=strategy, extra_callbacks=[Kill()])
+    Seen.epochs = []
+    stages.fit_student(build_student(32, 4, 0.25), None, x, y, w, None, xv, yv, cfg, alpha=1.0,
+                       stage_dir=tmp_path / "stage", strategy=strategy, extra_callbacks=[Seen()])
+    assert Seen.epochs == [2, 3]
+
+
+MIRRORED = r"""
+import sys, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, sys.argv[1])
+import keras
+from train import stages
+from train.distill import Distiller
+from train.models import build_student
+s = stages.make_strategy("mirrored")
+assert s.num_replicas_in_sync == 2, s.num_replicas_in_sync
+with s.scope():
+    d = Distiller(build_student(16, 4, 0.25), None, alpha=1.0)
+    d.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
+x = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 1)).astype(np.float32)
+h = d.fit(x, np.arange(16) % 4, batch_size=8, epochs=1, verbose=0)
+assert np.isfinite(h.history["loss"][0])
+print("MIRRORED_OK", s.num_replicas_in_sync)
+"""
+
+
+def test_mirrored_strategy_over_two_logical_cpus_trains_a_step():
+    p = subprocess.run([sys.executable, "-c", MIRRORED, str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert "MIRRORED_OK 2" in p.stdout, p.stderr[-2000:]

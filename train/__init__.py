@@ -1,0 +1,1 @@
+"""Training side: data stage, synthetic MRI phantoms, teacher/student models, distillation."""

@@ -1,0 +1,195 @@
+"""`python -m train`: teacher -> distilled student -> no-KD baseline, into one run folder.
+
+Every stage is resumable: a finished stage's model is reused, an unfinished
+one restarts from its last completed epoch (keras BackupAndRestore).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.metadata import atomic_write_json
+from train.config import add_flags, from_args
+from train.data import DataError, format_report, load_folder, prepare
+
+
+def _log(msg):
+    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return (sha or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+def class_weights(labels, n) -> np.ndarray:
+    counts = np.bincount(labels, minlength=n).astype(np.float64)
+    return (len(labels) / (n * np.maximum(counts, 1))).astype(np.float32)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
+    add_flags(p)
+    cfg = from_args(p.parse_args(argv))
+    try:
+        return run(cfg)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(cfg) -> int:
+    import keras
+    import tensorflow as tf
+
+    from train import stages
+    from train.metrics import softmax, summarize
+    from train.models import build_student, build_teacher, count_macs
+    from train.plots import confusion_png, curves_png
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    t_start = time.time()
+    splits = prepare(cfg)
+    print(format_report(splits.report), flush=True)
+    classes, n = splits.classes, len(splits.classes)
+    imgs, timgs = splits.images, splits.test_images
+    atomic_write_json(out / "data_report.json", splits.report)
+    atomic_write_json(out / "split.json", {
+        "classes": classes, "image_size": cfg.image_size,
+        "train": [imgs.paths[i] for i in splits.train], "val": [imgs.paths[i] for i in splits.val],
+        "test": [timgs.paths[i] for i in splits.test],
+    })
+    tsize = cfg.teacher_size or cfg.image_size
+    if tsize != cfg.image_size:  # same files, same order: reuse the split's indices
+        t_imgs = load_folder(cfg.data, tsize, cfg.cache_dir)
+        t_timgs = load_folder(cfg.test_data, tsize, cfg.cache_dir) if cfg.test_data else t_imgs
+    else:
+        t_imgs, t_timgs = imgs, timgs
+    y_tr = imgs.labels[splits.train]
+    sw = class_weights(y_tr, n)[y_tr] if cfg.class_balance else np.ones(len(y_tr), np.float32)
+
+    strategy = stages.make_strategy(cfg.strategy)
+    results, times, epoch_times, histories = {}, {}, {}, {}
+
+    # ---- teacher -------------------------------------------------------------------------
+    t0 = time.time()
+    teacher_path = Path(cfg.teacher) if cfg.teacher else out / "teacher.keras"
+    if teacher_path.is_file():
+        _log(f"teacher: loading {teacher_path}")
+        with strategy.scope():
+            teacher = keras.models.load_model(teacher_path)
+    else:
+        _log(f"teacher: training EfficientNetB0 at {tsize}px for up to {cfg.teacher_epochs} epochs")
+        with strategy.scope():
+            teacher = build_teacher(tsize, n, cfg.teacher_weights, cfg.teacher_dropout)
+        epoch_times["teacher"] = stages.fit_classifier(
+            teacher, t_imgs.x[splits.train], y_tr, sw, t_imgs.x[splits.val], imgs.labels[splits.val],
+            cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, stage_dir=out / "stages" / "teacher",
+            strategy=strategy, label_smoothing=cfg.label_smoothing)
+        stages.save_model(teacher, teacher_path)
+    times["teacher"] = time.time() - t0
+
+    # ---- teacher logits (cache mode) -------------------------------------------------------
+    teacher_logits = None
+    if cfg.teacher_mode == "cache":
+        t0 = time.time()
+        logit_file = out / f"teacher_logits_{'tta' if cfg.tta else 'plain'}.npy"
+        if logit_file.is_file() and len(np.load(logit_file)) == len(splits.train):
+            teacher_logits = np.load(logit_file)
+        else:
+            teacher_logits = stages.predict_logits(teacher, t_imgs.x[splits.train], tta=cfg.tta)
+            stages.atomic_save_npy(logit_file, teacher_logits)
+        times["teacher_logits"] = time.time() - t0
+        _log(f"teacher logits cached for {len(teacher_logits)} training images ({times['teacher_logits']:.1f}s)")
+
+    # ---- student, distilled, then the same student without a teacher ---------------------------
+    runs = [("student", dict(teacher=teacher, alpha=cfg.alpha))]
+    if cfg.baseline:
+        runs.append(("baseline", dict(teacher=None, alpha=1.0)))
+    models = {"teacher": teacher}
+    for name, kw in runs:
+        path = out / f"{name}.keras"
+        t0 = time.time()
+        if path.is_file():
+            _log(f"{name}: loading finished {path}")
+            models[name] = keras.models.load_model(path)
+        else:
+            _log(f"{name}: training for up to {cfg.student_epochs} epochs "
+                 f"({'KD T=%g alpha=%g, teacher %s' % (cfg.temperature, kw['alpha'], cfg.teacher_mode) if kw['teacher'] else 'labels only'})")
+            keras.utils.set_random_seed(cfg.seed)  # same init and data order for KD and baseline
+            with strategy.scope():
+                student = build_student(cfg.image_size, n, cfg.student_width, cfg.student_dropout)
+            epoch_times[name] = stages.fit_student(
+                student, kw["teacher"], imgs.x[splits.train], y_tr, sw,
+                teacher_logits if kw["teacher"] is not None else None,
+                imgs.x[splits.val], imgs.labels[splits.val], cfg, alpha=kw["alpha"],
+                stage_dir=out / "stages" / name, strategy=strategy,
+                teacher_size=tsize if kw["teacher"] is not None else None)
+            stages.save_model(student, path)
+            models[name] = student
+        times[name] = time.time() - t0
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    for name, model in models.items():
+        src_val, src_test = (t_imgs, t_timgs) if name == "teacher" else (imgs, timgs)
+        entry = {"params": int(model.count_params()), "macs": count_macs(model),
+                 "input_size": int(model.input_shape[1])}
+        for split, src, idx in (("val", src_val, splits.val), ("test", src_test, splits.test)):
+            probs = softmax(stages.predict_logits(model, src.x[idx]))
+            entry[split] = summarize((imgs if split == "val" else timgs).labels[idx], probs, classes)
+        entry["train_seconds"] = round(times.get(name, 0.0), 1)
+        if name in epoch_times:
+            entry["epoch_seconds"] = epoch_times[name]
+        results[name] = entry
+    confusion_png({k: v["test"]["confusion"] for k, v in results.items()}, classes, out / "confusion.png")
+    curves_png({k: stages.read_history(out / "stages" / k) for k in results}, out / "curves.png")
+    kd_gain = None
+    if "baseline" in results:
+        kd_gain = results["student"]["test"]["accuracy"] - results["baseline"]["test"]["accuracy"]
+    manifest = {
+        "run": out.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv),
+        "git_commit": git_commit(), "versions": versions(), "config": dataclasses.asdict(cfg),
+        "data_report": splits.report, "results": results, "kd_gain_test_accuracy": kd_gain,
+        "seconds": {**{k: round(v, 1) for k, v in times.items()}, "total": round(time.time() - t_start, 1)},
+        "classes": classes,
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    print(summary_table(manifest))
+    return 0
+
+
+def summary_table(manifest) -> str:
+    rows = ["| model | params | MACs | val acc | test acc | test macro-F1 | train time |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in manifest["results"].items():
+        rows.append(f"| {name} | {r['params']:,} | {r['macs'] / 1e6:.1f} M | {r['val']['accuracy']:.2%} | "
+                    f"{r['test']['accuracy']:.2%} | {r['test']['macro_f1']:.4f} | {r['train_seconds']:.0f} s |")
+    g = manifest.get("kd_gain_test_accuracy")
+    if g is not None:
+        rows.append(f"\nKD gain (distilled - baseline, test accuracy): {g * 100:+.2f} points")
+    rows.append(f"total wall time: {manifest['seconds']['total']:.0f} s")
+    return "\n".join(rows)

@@ -1,0 +1,179 @@
+"""Keras plumbing shared by the teacher and student stages: datasets, augmentation, fit, save."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from device.metadata import atomic_write_bytes
+from train.distill import Distiller
+
+
+def make_strategy(name: str):
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name not in ("none", "", None):
+        raise ValueError(f"unknown strategy '{name}' (none | mirrored)")
+    return tf.distribute.get_strategy()
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    # MRI-appropriate and label-preserving: left/right flip, small pose changes, scanner gain.
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(0.04, fill_mode="constant", seed=seed + 1),
+        keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+        keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 3),
+        keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4),
+        keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 5),
+    ], name="augment")
+
+
+def _pixels(x):
+    return tf.cast(x, tf.float32)[..., None]
+
+
+def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment=False, seed=0):
+    """x: (N, s, s) uint8 in memory; target: labels, one-hot or a dict of arrays."""
+    items = (x, target) if weights is None else (x, target, weights)
+    ds = tf.data.Dataset.from_tensor_slices(items)
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch, drop_remainder=shuffle)
+    aug = augmenter(seed) if augment else None
+
+    def prep(*t):
+        xb = _pixels(t[0])
+        if aug is not None:
+            xb = tf.clip_by_value(aug(xb, training=True), 0.0, 255.0)
+        return (xb,) + tuple(t[1:])
+
+    return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self._t, 2))
+
+
+def _schedule(lr, epochs, steps):
+    total = max(epochs * steps, 2)
+    warm = min(steps, total // 2)
+    return keras.optimizers.schedules.CosineDecay(lr * 0.1, total - warm, alpha=0.01,
+                                                  warmup_target=lr, warmup_steps=warm)
+
+
+def _callbacks(stage_dir: Path, patience: int):
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    timer = EpochTimer()
+    return timer, [
+        # Killed runs resume from the last finished epoch (weights, optimizer, epoch counter).
+        keras.callbacks.BackupAndRestore(str(stage_dir / "backup")),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
+                                      restore_best_weights=True, verbose=1),
+        keras.callbacks.CSVLogger(str(stage_dir / "history.csv"), append=True),
+        timer,
+    ]
+
+
+def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strategy, label_smoothing=0.0,
+                   extra_callbacks=()):
+    """Plain supervised training (the teacher)."""
+    n = model.output_shape[-1]
+    steps = max(len(x) // cfg.batch_size, 1)
+    with strategy.scope():
+        model.compile(optimizer=keras.optimizers.AdamW(_schedule(lr, epochs, steps), weight_decay=cfg.weight_decay),
+                      loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=False)
+    onehot = np.eye(n, dtype=np.float32)
+    train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
+    val_ds = make_dataset(xv, onehot[yv], batch=cfg.batch_size)
+    timer, cbs = _callbacks(Path(stage_dir), cfg.patience)
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=2)
+    return timer.seconds
+
+
+def fit_student(student, teacher, x, y, sw, teacher_logits, xv, yv, cfg, *, alpha, stage_dir, strategy,
+                teacher_size=None, extra_callbacks=()):
+    """Distillation (teacher given) or the no-KD baseline (teacher None, alpha 1)."""
+    steps = max(len(x) // cfg.batch_size, 1)
+    epochs = cfg.student_epochs
+    with strategy.scope():
+        use_teacher = teacher if (teacher is not None and teacher_logits is None) else None
+        if use_teacher is not None and teacher_size and teacher_size != student.input_shape[1]:
+            use_teacher = _resized(use_teacher, student.input_shape[1], teacher_size)
+        distiller = Distiller(student, use_teacher, cfg.temperature, alpha)
+        distiller.compile(optimizer=keras.optimizers.AdamW(_schedule(cfg.student_lr, epochs, steps),
+                                                           weight_decay=cfg.weight_decay), jit_compile=False)
+        size = student.input_shape[1]
+        distiller(np.zeros((1, size, size, 1), np.float32))  # BackupAndRestore needs a built model
+    target = y if teacher_logits is None else {"label": y, "teacher_logits": teacher_logits.astype(np.float32)}
+    train_ds = make_dataset(x, target, sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
+    val_ds = make_dataset(xv, yv, batch=cfg.batch_size)
+    timer, cbs = _callbacks(Path(stage_dir), cfg.patience)
+    distiller.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=2)
+    return timer.seconds
+
+
+def _resized(teacher, size, tsize):
+    """Consistent teaching with a larger teacher: upsample the student's augmented batch."""
+    inp = keras.Input((size, size, 1))
+    x = keras.layers.Resizing(tsize, tsize, interpolation="bilinear")(inp)
+    return keras.Model(inp, teacher(x), name="teacher_resized")
+
+
+def predict_logits(model, x: np.ndarray, tta: bool = False, batch: int = 128) -> np.ndarray:
+    xf = x.astype(np.float32)[..., None]
+    logits = model.predict(xf, batch_size=batch, verbose=0)
+    if tta:  # horizontal flip is label-preserving for axial/coronal MRI: average both views
+        logits = (logits + model.predict(xf[:, :, ::-1], batch_size=batch, verbose=0)) / 2.0
+    return np.asarray(logits, np.float32)
+
+
+def save_model(model, path):
+    """Atomic .keras save (Keras needs the suffix, so the temp file keeps it)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_save_npy(path, arr):
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_history(stage_dir) -> dict:
+    f = Path(stage_dir) / "history.csv"
+    if not f.is_file():
+        return {}
+    with open(f) as fh:
+        rows = list(csv.DictReader(fh))
+    hist: dict[str, list] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k != "epoch" and v not in ("", None):
+                hist.setdefault(k, []).append(float(v))
+    return hist
