@@ -19,7 +19,7 @@ endif
 OUT := artifacts/$(RUN)
 ARGS ?=
 
-.PHONY: all venv data distill tflite parity test test-train test-device lint bench pi-smoke clean
+.PHONY: all venv data distill tflite parity ship test test-train test-device lint bench pi-smoke clean
 
 all: data distill tflite parity
 
@@ -71,3 +71,6 @@ pi-smoke: $(VENV)/.stamp $(DVENV)/.stamp
 
 clean:
 	rm -rf artifacts data
+
+ship: $(VENV)/.stamp
+	$(PY) -m convert.ship --run $(OUT)

@@ -9,7 +9,6 @@ float model through Keras. Exit 1 when the gate fails, 2 on usage errors.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -49,8 +48,13 @@ def evaluate(run_dir, model_name="student_int8", float_name="student", max_drop=
         failures.append(f"accuracy drop {drop:.2f} points > {max_drop}")
     if agreement < min_agreement:
         failures.append(f"top-1 agreement {agreement:.2f}% < {min_agreement}%")
+    conf, correct = p_int8.max(1), p_int8.argmax(1) == labels
+    coverage = [{"min_confidence": t, "coverage": float((conf >= t).mean()),
+                 "accuracy": float(correct[conf >= t].mean()) if (conf >= t).any() else None}
+                for t in (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)]
     return {
         "run": run_dir.name, "model": model_name, "float_model": float_name, "runtime": clf.runtime,
+        "int8_confidence_coverage": coverage,
         "n": int(len(labels)), "classes": classes, "float": f, "int8": q,
         "accuracy_drop_points": drop, "agreement_percent": agreement,
         "prob_abs_diff": {"mean": float(diff.mean()), "max": float(diff.max())},
@@ -73,7 +77,12 @@ def to_markdown(r) -> str:
     lines += ["", f"- top-1 agreement: {r['agreement_percent']:.2f}% (gate >= {r['thresholds']['min_agreement_percent']}%)",
               f"- accuracy drop: {r['accuracy_drop_points']:+.2f} points (gate <= {r['thresholds']['max_drop_points']})",
               f"- |p_float - p_int8|: mean {r['prob_abs_diff']['mean']:.4f}, max {r['prob_abs_diff']['max']:.4f}",
-              f"- result: {'PASS' if r['passed'] else 'FAIL: ' + '; '.join(r['failures'])}"]
+              f"- result: {'PASS' if r['passed'] else 'FAIL: ' + '; '.join(r['failures'])}", "",
+              "int8 accuracy / coverage with `--min-confidence`:", "",
+              "| min confidence | coverage | accuracy on answered |", "|---:|---:|---:|"]
+    for c in r["int8_confidence_coverage"]:
+        acc = "-" if c["accuracy"] is None else f"{c['accuracy']:.2%}"
+        lines.append(f"| {c['min_confidence']:.2f} | {c['coverage']:.1%} | {acc} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
 """Latency / load-time / memory benchmark of one model on this board's runtime.
 
     python -m device.bench --model M [--runs 200] [--warmup 20] [--threads 1] [--runtime auto]
+                           [--eval RUN/split.json]   # also accuracy / macro-F1 on its test split
 """
 from __future__ import annotations
 
@@ -55,6 +56,22 @@ def bench(model, runtime="auto", threads=1, runs=200, warmup=20, verify=True) ->
             "python": platform.python_version(), "numpy": np.__version__}
 
 
+def evaluate(model, split_json, runtime="auto", threads=1) -> dict:
+    """Accuracy / macro-F1 / ECE of a .tflite on the test split listed in a run's split.json."""
+    from pathlib import Path
+
+    from device.metrics import summarize
+    from device.runtime import Classifier
+
+    split = json.loads(Path(split_json).read_text())
+    classes = split["classes"]
+    clf = Classifier(model, runtime=runtime, threads=threads)
+    labels = np.array([classes.index(Path(p).parent.name) for p in split["test"]])
+    probs = np.stack([clf.predict_file(p) for p in split["test"]])
+    r = summarize(labels, probs, classes)
+    return {k: r[k] for k in ("n", "accuracy", "macro_f1", "ece")}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m device.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
@@ -63,9 +80,12 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--eval", metavar="SPLIT_JSON", help="also evaluate on the test split of a run's split.json")
     a = p.parse_args(argv)
     try:
         r = bench(a.model, a.runtime, a.threads, a.runs, a.warmup)
+        if a.eval:
+            r["eval"] = evaluate(a.model, a.eval, a.runtime, a.threads)
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -75,6 +95,10 @@ def main(argv=None) -> int:
         print(f"model {r['model']}  runtime {r['runtime']}  threads {r['threads']}  on {r['machine']}")
         print(f"load {r['load_ms']:.1f} ms | latency p50 {r['p50_ms']:.2f} ms  p90 {r['p90_ms']:.2f} ms  "
               f"p99 {r['p99_ms']:.2f} ms | {r['images_per_s']:.0f} img/s | peak RSS {r['peak_rss_mb']:.0f} MB")
+        if "eval" in r:
+            e = r["eval"]
+            print(f"test split: {e['n']} images, accuracy {e['accuracy']:.2%}, macro-F1 {e['macro_f1']:.4f}, "
+                  f"ECE {e['ece']:.4f}")
     return 0
 
 

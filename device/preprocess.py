@@ -84,7 +84,8 @@ def load_image(path, size: int) -> np.ndarray:
         raise ImageError(f"image too large ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # PIL reports truncated / corrupt data as OSError ("image file is truncated").
-        raise ImageError(f"corrupt or truncated image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageError(f"corrupt or truncated image ({why})") from None
     w, h = img.size
     if w < 1 or h < 1:
         raise ImageError("image has no pixels")

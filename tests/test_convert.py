@@ -1,8 +1,8 @@
 import json
-from pathlib import Path
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,12 +54,12 @@ def test_training_pixels_and_device_pixels_are_bit_identical(converted):
     run, _ = converted
     split = calibration.read_split(run)
     data_root = Path(split["train"][0]).parents[1]
-    cached = load_folder(data_root, 32, run.parent / "cache")
+    cached = load_folder(data_root, split["image_size"], run.parent / "cache")
     assert cached.cache_hit  # the very arrays the training run used
     clf = Classifier(run / "student_int8.tflite")
     inp = clf.interpreter.get_input_details()[0]["index"]
     for path, arr in list(zip(cached.paths, cached.x))[:25]:
-        assert np.array_equal(load_image(path, 32), arr)
+        assert np.array_equal(load_image(path, split["image_size"]), arr)
         clf.predict_file(path)
         fed = clf.interpreter.get_tensor(inp)[0, :, :, 0]
         assert fed.dtype == np.uint8 and np.array_equal(fed, arr), path
@@ -67,16 +67,19 @@ def test_training_pixels_and_device_pixels_are_bit_identical(converted):
 
 def test_parity_gate_passes_good_model_and_fails_blank_calibration(converted, tmp_path):
     run, _ = converted
-    assert parity_main(["--run", str(run)]) == 0
+    # The tiny test student is barely trained (near-tied probabilities flip easily), so the
+    # gate is set looser than the default used on real runs; the broken model must still fail it.
+    gate = ["--min-agreement", "90", "--max-drop", "5"]
+    assert parity_main(["--run", str(run), *gate]) == 0
     rep = json.loads((run / "parity.json").read_text())
-    assert rep["passed"] and rep["agreement_percent"] >= 98
+    assert rep["passed"] and rep["agreement_percent"] >= 90 and rep["int8_confidence_coverage"][0]["coverage"] == 1
     for f in ("parity.md", "parity.png"):
         assert (run / f).is_file()
     assert read_metadata(run / "student_int8.tflite")["metrics"]["parity"]["passed"]
     # A deliberately broken model: calibrated on blank images, every activation range collapses.
-    convert_variant(run, "student_int8", representative_override=np.zeros((8, 32, 32), np.uint8),
+    convert_variant(run, "student_int8", representative_override=np.zeros((8, 48, 48), np.uint8),
                     out_name="student_blank")
-    assert parity_main(["--run", str(run), "--model", "student_blank"]) == 1
+    assert parity_main(["--run", str(run), "--model", "student_blank", *gate]) == 1
     bad = json.loads((run / "parity_student_blank.json").read_text())
     assert not bad["passed"] and bad["failures"]
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.data import DataError, load_folder, prepare, scan_folder, stratified_split
 from tests.conftest import tiny_config
+from train.data import DataError, load_folder, prepare, scan_folder, stratified_split
 
 
 def _folder(tmp_path, counts=(6, 6, 6)):
@@ -97,5 +97,5 @@ def test_data_cli_prints_report(phantoms, capsys, tmp_path):
 
     assert main(["--data", str(phantoms / "Training"), "--cache-dir", str(tmp_path), "--image-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert "per class: glioma 40" in out and "exact duplicates" in out and "near-duplicate" in out
+    assert "per class: glioma 60" in out and "exact duplicates" in out and "near-duplicate" in out
     assert main(["--data", str(tmp_path / "missing")]) == 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -17,7 +17,8 @@ class Config:
     data: str = "data/synthetic/Training"
     test_data: str = ""            # a separate Testing/ folder; "" = hold out test_fraction of data
     image_size: int = 128          # student input side (pixels)
-    teacher_size: int = 96         # teacher input side (EfficientNetB0 trains ~2x faster at 96 than 128 on CPU); 0 = image_size
+    # teacher input side; 0 = image_size. EfficientNetB0 trains ~2x faster at 96 than 128 px on a CPU.
+    teacher_size: int = 96
     val_fraction: float = 0.10     # for early stopping / checkpoint selection
     test_fraction: float = 0.15    # held-out evaluation split (only if no test_data)
     near_dup_threshold: float = 6.0  # RMS grey-level distance of 16x16 thumbnails

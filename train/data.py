@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,7 +49,8 @@ def scan_folder(root) -> tuple[list[str], list[tuple[Path, int]]]:
 def _thumbs(x: np.ndarray) -> np.ndarray:
     n, s, _ = x.shape
     f = s // THUMB
-    return x[:, : f * THUMB, : f * THUMB].reshape(n, THUMB, f, THUMB, f).mean(axis=(2, 4)).reshape(n, -1).astype(np.float32)
+    t = x[:, : f * THUMB, : f * THUMB].reshape(n, THUMB, f, THUMB, f).mean(axis=(2, 4))
+    return t.reshape(n, -1).astype(np.float32)
 
 
 @dataclass
@@ -96,7 +96,8 @@ def load_folder(root, size: int, cache_dir="artifacts/cache") -> Images:
     x = np.stack(xs)
     for ci, cls in enumerate(classes):
         if ci not in labels:
-            raise DataError(f"class '{cls}' has no readable images (all {sum(1 for s in skipped if s['class'] == cls)} skipped)")
+            n_skipped = sum(1 for s in skipped if s["class"] == cls)
+            raise DataError(f"class '{cls}' has no readable images (all {n_skipped} skipped)")
     imgs = Images(str(root), classes, paths, np.asarray(labels, np.int32), x, shas, _thumbs(x), skipped)
     buf = io.BytesIO()
     np.savez(buf, x=imgs.x, labels=imgs.labels, thumbs=imgs.thumbs,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import subprocess
@@ -62,7 +61,6 @@ def main(argv=None) -> int:
 
 def run(cfg) -> int:
     import keras
-    import tensorflow as tf
 
     from train import stages
     from train.metrics import softmax, summarize
@@ -93,7 +91,7 @@ def run(cfg) -> int:
     sw = class_weights(y_tr, n)[y_tr] if cfg.class_balance else np.ones(len(y_tr), np.float32)
 
     strategy = stages.make_strategy(cfg.strategy)
-    results, times, epoch_times, histories = {}, {}, {}, {}
+    results, times, epoch_times = {}, {}, {}
 
     # ---- teacher -------------------------------------------------------------------------
     t0 = time.time()
@@ -138,8 +136,9 @@ def run(cfg) -> int:
             _log(f"{name}: loading finished {path}")
             models[name] = keras.models.load_model(path)
         else:
-            _log(f"{name}: training for up to {cfg.student_epochs} epochs "
-                 f"({'KD T=%g alpha=%g, teacher %s' % (cfg.temperature, kw['alpha'], cfg.teacher_mode) if kw['teacher'] else 'labels only'})")
+            how = (f"KD T={cfg.temperature:g} alpha={kw['alpha']:g}, teacher {cfg.teacher_mode}"
+                   if kw["teacher"] else "labels only")
+            _log(f"{name}: training for up to {cfg.student_epochs} epochs ({how})")
             keras.utils.set_random_seed(cfg.seed)  # same init and data order for KD and baseline
             with strategy.scope():
                 student = build_student(cfg.image_size, n, cfg.student_width, cfg.student_dropout)

@@ -1,0 +1,116 @@
+"""`make bench`: every model variant of a run, on every installed runtime, in one run on this machine.
+
+    python -m bench --run artifacts/real [--threads 1] [--runs 200]
+
+Per variant: file size, params, MACs, load time, latency p50/p90 (batch 1, after
+warm-up, fixed threads), images/s, accuracy / macro-F1 / ECE on the run's test
+split, and wall time + peak RSS of a fresh `python -m device.classify` process.
+Ratios are against teacher float32 on the same runtime. Writes bench/results.json
+and bench/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from device.bench import cpu_name
+from device.metadata import atomic_write_bytes, atomic_write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("teacher_fp32", "student_fp32", "student_fp16", "student_dynamic", "student_int8")
+# Which interpreter each runtime's numbers come from: tflite-runtime lives in the
+# device venv (numpy<2); LiteRT in the training venv (numpy 2).
+RUNTIMES = (("tflite-runtime", ROOT / ".venv-device/bin/python"), ("litert", ROOT / ".venv/bin/python"))
+
+RSS_PROBE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+             "p = subprocess.run(sys.argv[1:], capture_output=True); w = time.perf_counter() - t; "
+             "print(p.returncode, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
+
+
+def fresh_process(python, model, image, runtime):
+    """Wall seconds and peak RSS (MB) of one fresh `python -m device.classify` process."""
+    out = subprocess.run([str(python), "-c", RSS_PROBE, str(python), "-m", "device.classify", "--runtime", runtime,
+                          "--model", str(model), str(image)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300).stdout.split()
+    return {"ok": out[0] == "0", "wall_s": round(float(out[1]), 3), "peak_rss_mb": round(float(out[2]), 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="artifacts/synthetic")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=5, help="fresh-process measurements (median reported)")
+    p.add_argument("--out", default="bench")
+    a = p.parse_args(argv)
+    run = Path(a.run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    image = split["test"][0]
+    rows = []
+    for runtime, python in RUNTIMES:
+        if not python.exists():
+            print(f"skip {runtime}: {python} missing")
+            continue
+        for v in VARIANTS:
+            model = run / f"{v}.tflite"
+            if not model.is_file():
+                continue
+            proc = subprocess.run([str(python), "-m", "device.bench", "--model", str(model), "--runtime", runtime,
+                                   "--threads", str(a.threads), "--runs", str(a.runs), "--json",
+                                   "--eval", str(run / "split.json")], capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode != 0:
+                print(f"FAILED {runtime} {v}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)
+                continue
+            r = json.loads(proc.stdout)
+            fresh = sorted((fresh_process(python, model, image, runtime) for _ in range(a.repeats)),
+                           key=lambda f: f["wall_s"])
+            res = manifest["results"].get(v.split("_")[0], {})
+            rows.append({"runtime": runtime, "variant": v, "bytes": model.stat().st_size,
+                         "params": res.get("params"), "macs": res.get("macs"), **r,
+                         "fresh_process": fresh[len(fresh) // 2],
+                         "fresh_process_peak_rss_mb_max": max(f["peak_rss_mb"] for f in fresh)})
+            print(f"{runtime:15s} {v:16s} p50 {r['p50_ms']:8.2f} ms  acc {r['eval']['accuracy']:.2%}")
+    for r in rows:
+        base = next((b for b in rows if b["runtime"] == r["runtime"] and b["variant"] == "teacher_fp32"), None)
+        if base:
+            r["speedup_vs_teacher_fp32"] = round(base["p50_ms"] / r["p50_ms"], 2)
+            r["smaller_vs_teacher_fp32"] = round(base["bytes"] / r["bytes"], 2)
+    result = {"run": run.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "arch": platform.machine()},
+              "threads": a.threads, "runs": a.runs, "kd_gain_test_accuracy": manifest.get("kd_gain_test_accuracy"),
+              "rows": rows}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", result)
+    md = to_markdown(result)
+    atomic_write_bytes(out / "results.md", md.encode())
+    print(md)
+    return 0
+
+
+def to_markdown(r) -> str:
+    m = r["machine"]
+    lines = [f"Run `{r['run']}` on {m['cpu']} ({m['cores']} cores, {m['arch']}), {r['threads']} interpreter "
+             f"thread(s), batch 1, {r['runs']} timed runs after warm-up. Command: `{r['command']}`.", "",
+             "| runtime | model | size | params | MACs | load | p50 | p90 | speed-up | smaller | accuracy | "
+             "macro-F1 | fresh classify: wall / peak RSS |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        lines.append(
+            f"| {x['runtime']} | {x['variant']} | {x['bytes'] / 1024:,.0f} KB | {x['params'] or 0:,} | "
+            f"{(x['macs'] or 0) / 1e6:.1f} M | {x['load_ms']:.0f} ms | {x['p50_ms']:.2f} ms | {x['p90_ms']:.2f} ms | "
+            f"{x.get('speedup_vs_teacher_fp32', 0):.1f}x | {x.get('smaller_vs_teacher_fp32', 0):.1f}x | "
+            f"{x['eval']['accuracy']:.2%} | {x['eval']['macro_f1']:.4f} | "
+            f"{x['fresh_process']['wall_s']:.2f} s / {x['fresh_process']['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Ship a run's int8 student into device/models/ with its metadata and a model card.
+
+    python -m convert.ship --run artifacts/real      (make ship RUN=real)
+
+Refuses a model that has not passed the parity gate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from device.metadata import ModelError, atomic_write_bytes, atomic_write_json, read_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pct(x):
+    return "-" if x is None else f"{x:.2%}"
+
+
+def model_card(manifest, parity, meta, bench=None) -> str:
+    d, res = manifest["data_report"], manifest["results"]
+    ed, leak = d["exact_duplicates"], d["leakage"]
+    counts = ", ".join(f"{c} {n:,}" for c, n in d["count_per_class"].items())
+    test_n = sum(d["split"]["test"].values())
+    L = [
+        "# Model card: brain-MRI tumour classifier, int8 student", "",
+        "**Not a medical device.** Intended for research and education: demonstrating knowledge distillation",
+        "and int8 deployment on small ARM boards. It must not be used to diagnose, triage or treat anyone.", "",
+        "## Model",
+        f"- `student_int8.tflite`: {meta['size_bytes']:,} bytes, sha256 `{meta['sha256'][:16]}...`; full-integer",
+        f"  (uint8 pixels in, scale 1 / zero point 0; uint8 probabilities out); {res['student']['params']:,}",
+        f"  parameters, {res['student']['macs'] / 1e6:.1f} M multiply-accumulates at "
+        f"{meta['input']['size']}x{meta['input']['size']} px, grayscale.",
+        f"- Distilled (T={manifest['config']['temperature']}, alpha={manifest['config']['alpha']}, teacher logits "
+        f"{manifest['config']['teacher_mode']}) from an EfficientNetB0 teacher "
+        f"({res['teacher']['params']:,} parameters, trained from scratch at {res['teacher']['input_size']} px).",
+        f"- Produced by run `{manifest['run']}` (git `{manifest['git_commit']}`, {manifest['created']}).", "",
+        "## Training data",
+        f"- Kaggle \"Brain Tumor MRI Dataset\" (M. Nickparvar; assembled from figshare, SARTAJ and Br35H), "
+        f"`Training/` split only: {d['total']:,} images ({counts}); {len(d['skipped'])} unreadable files skipped.",
+        f"- Known duplicates: {ed['redundant_files']} byte-identical redundant copies in {ed['groups']} groups, and "
+        f"{d['near_duplicate_pairs']:,} near-duplicate pairs (16x16 thumbnail RMS < {d['near_dup_threshold']}), "
+        "mostly re-encoded copies and neighbouring slices of one scan.",
+        f"- Split (seed {d['seed']}, stratified): train {sum(d['split']['train'].values()):,}, validation "
+        f"{sum(d['split']['val'].values())} (early stopping), held-out test {test_n}. Evaluation images that "
+        f"duplicate or nearly duplicate a training image were removed: {leak['test']['excluded']} of "
+        f"{leak['test']['of']} from test, {leak['val']['excluded']} of {leak['val']['of']} from validation.",
+        f"- Calibration (int8): {meta.get('calibration', {}).get('count', '?')} training-split images, stratified, "
+        "listed in the run's `calibration.txt`; none from validation or test.", "",
+        "## Preprocessing",
+        f"Contract v{meta['preprocess']['contract_version']} (`device/preprocess.py`): first frame, EXIF orientation, "
+        "grayscale, pad to square with black, bilinear resize, uint8. Training used the identical function.", "",
+        f"## Metrics (held-out test split, {parity['n']} images)", "",
+        "| model | accuracy | macro-F1 |", "|---|---:|---:|",
+        f"| teacher EfficientNetB0 (Keras float) | {pct(res['teacher']['test']['accuracy'])} | "
+        f"{res['teacher']['test']['macro_f1']:.4f} |",
+        f"| student, no distillation (Keras float) | {pct(res['baseline']['test']['accuracy'])} | "
+        f"{res['baseline']['test']['macro_f1']:.4f} |" if "baseline" in res else "",
+        f"| student, distilled (Keras float) | {pct(parity['float']['accuracy'])} | {parity['float']['macro_f1']:.4f} |",
+        f"| **student, distilled, int8 (this file)** | **{pct(parity['int8']['accuracy'])}** | "
+        f"**{parity['int8']['macro_f1']:.4f}** |", "",
+        "Per-class recall (int8): " + ", ".join(f"{c} {pct(v)}" for c, v in parity["int8"]["per_class_recall"].items())
+        + ".", "",
+        f"Parity (int8 vs float, device interpreter path, runtime {parity['runtime']}): top-1 agreement "
+        f"{parity['agreement_percent']:.2f}%, accuracy drop {parity['accuracy_drop_points']:+.2f} points, mean |dp| "
+        f"{parity['prob_abs_diff']['mean']:.4f}, max {parity['prob_abs_diff']['max']:.4f}.", "",
+        f"Calibration: expected calibration error (15 bins) of the int8 model {parity['int8']['ece']:.4f}.", "",
+        "Accuracy / coverage with `python -m device.classify --min-confidence X` (below X the answer is "
+        "\"uncertain\"):", "", "| min confidence | coverage | accuracy on answered |", "|---:|---:|---:|",
+    ]
+    for c in parity["int8_confidence_coverage"]:
+        L.append(f"| {c['min_confidence']:.2f} | {c['coverage']:.1%} | {pct(c['accuracy'])} |")
+    if bench:
+        L += ["", "## Speed and size", "", bench]
+    L += ["", "## Limitations",
+          "- No patient identifiers in the data set, so the split is by image, not by patient: slices of one",
+          "  patient can sit in train and test. Near-duplicate removal reduces but cannot remove this leakage.",
+          "- One public data set, collected from three sources with unknown scanners and protocols; accuracy on",
+          "  other hospitals' scans is unknown and likely lower.",
+          "- Grayscale 2-D slices only (axial, coronal, sagittal mixed); no 3-D volumes, no other tumour types,",
+          "  no notion of 'not a brain MRI' - any image gets one of the four labels unless `--min-confidence` is used.",
+          "- Figures come from one run and one seed unless stated; see README for the KD ablation."]
+    return "\n".join(x for x in L if x is not None) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m convert.ship", description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="artifacts/real")
+    p.add_argument("--dest", default=str(ROOT / "device" / "models"))
+    a = p.parse_args(argv)
+    run, dest = Path(a.run), Path(a.dest)
+    try:
+        meta = read_metadata(run / "student_int8.tflite")
+        parity = json.loads((run / "parity.json").read_text())
+        manifest = json.loads((run / "manifest.json").read_text())
+    except (ModelError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not parity.get("passed"):
+        print(f"error: {run} failed its parity gate: {parity.get('failures')}", file=sys.stderr)
+        return 1
+    bench_md = ROOT / "bench" / "results.md"
+    bench = bench_md.read_text() if bench_md.is_file() else None
+    atomic_write_bytes(dest / "student_int8.tflite", (run / "student_int8.tflite").read_bytes())
+    atomic_write_json(dest / "student_int8.json", meta)
+    atomic_write_bytes(dest / "MODEL_CARD.md", model_card(manifest, parity, meta, bench).encode())
+    read_metadata(dest / "student_int8.tflite")  # the shipped pair verifies
+    print(f"shipped {run}/student_int8.tflite -> {dest}/ (with student_int8.json, MODEL_CARD.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
