@@ -77,8 +77,9 @@ def test_split_is_stratified_and_reproducible():
 def test_leaking_duplicates_are_found_and_kept_out_of_evaluation(phantoms, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(phantoms, data)
-    # Copy three training images into the test split: one byte-identical, two re-encoded.
-    src = sorted((data / "Training" / "glioma").glob("*.jpg"))[:3]
+    # Copy three training-split images into the test split: one byte-identical, two re-encoded.
+    first = prepare(tiny_config(data, tmp_path))
+    src = [first.images.paths[i] for i in first.train if "/glioma/" in first.images.paths[i]][:3]
     shutil.copy(src[0], data / "Testing" / "glioma" / "copy.jpg")
     for i, s in enumerate(src[1:]):
         Image.open(s).save(data / "Testing" / "glioma" / f"reencoded{i}.jpg", quality=80)

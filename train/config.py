@@ -24,7 +24,8 @@ class Config:
     near_dup_threshold: float = 6.0  # RMS grey-level distance of 16x16 thumbnails
     keep_leaks: bool = False       # keep eval images that (near-)duplicate a training image
     cache_dir: str = "artifacts/cache"
-    seed: int = 42
+    seed: int = 42                 # weights init, data order, augmentation
+    split_seed: int = 42           # train/val/test split; fixed across seeds so ablations share a test set
     # teacher
     teacher: str = ""              # path to a trained teacher .keras: load instead of training
     teacher_weights: str = "none"  # none | imagenet | PATH to EfficientNetB0 weights

@@ -181,11 +181,11 @@ def prepare(cfg, size: int | None = None, log=print) -> Splits:
         test_imgs = load_folder(cfg.test_data, size, cfg.cache_dir)
         if test_imgs.classes != imgs.classes:
             raise DataError(f"test classes {test_imgs.classes} differ from training classes {imgs.classes}")
-        train, val = stratified_split(imgs.labels, [cfg.val_fraction], cfg.seed)
+        train, val = stratified_split(imgs.labels, [cfg.val_fraction], cfg.split_seed)
         test = np.arange(len(test_imgs.labels))
     else:
         test_imgs = imgs
-        train, val, test = stratified_split(imgs.labels, [cfg.val_fraction, cfg.test_fraction], cfg.seed)
+        train, val, test = stratified_split(imgs.labels, [cfg.val_fraction, cfg.test_fraction], cfg.split_seed)
     # Leakage: evaluation images identical or near-identical to a training image.
     leaks = {}
     train_sha = {imgs.sha256[i] for i in train}
@@ -213,7 +213,7 @@ def prepare(cfg, size: int | None = None, log=print) -> Splits:
         "split": {n: {c: int((lab == i).sum()) for i, c in enumerate(imgs.classes)}
                   for n, lab in (("train", imgs.labels[train]), ("val", imgs.labels[val]),
                                  ("test", test_imgs.labels[test]))},
-        "seed": cfg.seed, "cache_hit": imgs.cache_hit, "seconds": round(time.time() - t0, 1),
+        "seed": cfg.split_seed, "cache_hit": imgs.cache_hit, "seconds": round(time.time() - t0, 1),
     }
     return Splits(imgs, train, val, test_imgs, test, report)
 
@@ -241,7 +241,7 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.splitlines()[0])
     add_flags(p, only={"data", "test_data", "image_size", "val_fraction", "test_fraction", "near_dup_threshold",
-                       "keep_leaks", "cache_dir", "seed"})
+                       "keep_leaks", "cache_dir", "split_seed"})
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     cfg = from_args(p.parse_args(argv))
     try:

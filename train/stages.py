@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +15,9 @@ import tensorflow as tf
 
 from device.metadata import atomic_write_bytes
 from train.distill import Distiller
+
+# Progress bars on a terminal, one line per epoch in logs (nohup, CI).
+VERBOSE = 1 if sys.stdout.isatty() else 2
 
 
 def make_strategy(name: str):
@@ -105,7 +109,7 @@ def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strat
     train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
     val_ds = make_dataset(xv, onehot[yv], batch=cfg.batch_size)
     timer, cbs = _callbacks(Path(stage_dir), cfg.patience)
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=2)
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=VERBOSE)
     return timer.seconds
 
 
@@ -127,7 +131,7 @@ def fit_student(student, teacher, x, y, sw, teacher_logits, xv, yv, cfg, *, alph
     train_ds = make_dataset(x, target, sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
     val_ds = make_dataset(xv, yv, batch=cfg.batch_size)
     timer, cbs = _callbacks(Path(stage_dir), cfg.patience)
-    distiller.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=2)
+    distiller.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=VERBOSE)
     return timer.seconds
 
 
