@@ -143,3 +143,19 @@ print("MIRRORED_OK", s.num_replicas_in_sync)
 def test_mirrored_strategy_over_two_logical_cpus_trains_a_step():
     p = subprocess.run([sys.executable, "-c", MIRRORED, str(ROOT)], capture_output=True, text=True, timeout=300)
     assert "MIRRORED_OK 2" in p.stdout, p.stderr[-2000:]
+
+
+def test_teacher_ensemble_averages_logits_and_tta_averages_flips():
+    from train import stages
+
+    keras.utils.set_random_seed(1)
+    a, b = _teacher(16), _teacher(8)  # members of different input sizes
+    x = np.random.default_rng(2).integers(0, 255, (5, 16, 16)).astype(np.uint8)
+    ens = stages.ensemble([a, b], 16)
+    xf = x.astype(np.float32)[..., None]
+    xb = np.asarray(keras.layers.Resizing(8, 8)(xf))
+    expected = (a.predict(xf, verbose=0) + b.predict(xb, verbose=0)) / 2
+    np.testing.assert_allclose(stages.predict_logits(ens, x), expected, rtol=1e-5, atol=1e-5)
+    flipped = a.predict(xf[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(stages.predict_logits(a, x, tta=True), (a.predict(xf, verbose=0) + flipped) / 2,
+                               rtol=1e-5, atol=1e-5)

@@ -27,7 +27,7 @@ class Config:
     seed: int = 42                 # weights init, data order, augmentation
     split_seed: int = 42           # train/val/test split; fixed across seeds so ablations share a test set
     # teacher
-    teacher: str = ""              # path to a trained teacher .keras: load instead of training
+    teacher: str = ""              # trained teacher .keras to load instead of training; several (a,b,c) = ensemble
     teacher_weights: str = "none"  # none | imagenet | PATH to EfficientNetB0 weights
     teacher_epochs: int = 8
     teacher_lr: float = 2e-3

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import platform
 import subprocess
@@ -95,11 +96,17 @@ def run(cfg) -> int:
 
     # ---- teacher -------------------------------------------------------------------------
     t0 = time.time()
-    teacher_path = Path(cfg.teacher) if cfg.teacher else out / "teacher.keras"
-    if teacher_path.is_file():
-        _log(f"teacher: loading {teacher_path}")
+    teacher_paths = [Path(p) for p in cfg.teacher.split(",") if p] or [out / "teacher.keras"]
+    teacher_path = teacher_paths[0]
+    missing = [str(p) for p in teacher_paths if not p.is_file()]
+    if cfg.teacher and missing:
+        raise DataError(f"teacher model not found: {', '.join(missing)}")
+    if not missing:
+        _log(f"teacher: loading {', '.join(map(str, teacher_paths))}")
         with strategy.scope():
-            teacher = keras.models.load_model(teacher_path)
+            members = [keras.models.load_model(p) for p in teacher_paths]
+            # Several teachers: one model whose logits are the members' mean.
+            teacher = members[0] if len(members) == 1 else stages.ensemble(members, tsize)
     else:
         _log(f"teacher: training EfficientNetB0 at {tsize}px for up to {cfg.teacher_epochs} epochs")
         with strategy.scope():
@@ -115,7 +122,9 @@ def run(cfg) -> int:
     teacher_logits = None
     if cfg.teacher_mode == "cache":
         t0 = time.time()
-        logit_file = out / f"teacher_logits_{'tta' if cfg.tta else 'plain'}.npy"
+        # Keyed by which teacher(s) produced them, so a different --teacher never reuses stale logits.
+        tag = hashlib.sha256("|".join(f"{p.resolve()}:{p.stat().st_mtime_ns}" for p in teacher_paths).encode())
+        logit_file = out / f"teacher_logits_{'tta' if cfg.tta else 'plain'}_{tag.hexdigest()[:10]}.npy"
         if logit_file.is_file() and len(np.load(logit_file)) == len(splits.train):
             teacher_logits = np.load(logit_file)
         else:

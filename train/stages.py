@@ -142,6 +142,17 @@ def _resized(teacher, size, tsize):
     return keras.Model(inp, teacher(x), name="teacher_resized")
 
 
+def ensemble(members, size: int) -> keras.Model:
+    """Average the logits of several teachers (each resized to its own input size if needed)."""
+    inp = keras.Input((size, size, 1), name="pixels")
+    outs = []
+    for m in members:
+        s = m.input_shape[1]
+        x = inp if s == size else keras.layers.Resizing(s, s, interpolation="bilinear")(inp)
+        outs.append(m(x))
+    return keras.Model(inp, keras.layers.Average(name="mean_logits")(outs), name="teacher_ensemble")
+
+
 def predict_logits(model, x: np.ndarray, tta: bool = False, batch: int = 128) -> np.ndarray:
     xf = x.astype(np.float32)[..., None]
     logits = model.predict(xf, batch_size=batch, verbose=0)
