@@ -111,10 +111,10 @@ def test_killed_run_resumes_from_last_epoch(phantoms, tmp_path):
 
     strategy = tf.distribute.get_strategy()
     with pytest.raises(KeyboardInterrupt):
-        stages.fit_student(build_student(32, 4, 0.25), None, x, y, w, None, xv, yv, cfg, alpha=1.0,
+        stages.fit_student(build_student(cfg.image_size, 4, 0.25), None, x, y, w, None, xv, yv, cfg, alpha=1.0,
                            stage_dir=tmp_path / "stage", strategy=strategy, extra_callbacks=[Kill()])
     Seen.epochs = []
-    stages.fit_student(build_student(32, 4, 0.25), None, x, y, w, None, xv, yv, cfg, alpha=1.0,
+    stages.fit_student(build_student(cfg.image_size, 4, 0.25), None, x, y, w, None, xv, yv, cfg, alpha=1.0,
                        stage_dir=tmp_path / "stage", strategy=strategy, extra_callbacks=[Seen()])
     assert Seen.epochs == [2, 3]
 
