@@ -55,7 +55,8 @@ class Distiller(keras.Model):
             labels, teacher_logits = y["label"], y["teacher_logits"]
         else:
             labels = y
-            teacher_logits = self.teacher(x, training=False) if (self.teacher is not None and training) else None
+            use = self.teacher is not None and training and self.alpha < 1.0
+            teacher_logits = self.teacher(x, training=False) if use else None
         if not training:
             teacher_logits = None  # validation loss = the student's own CE, comparable across runs
         per_example = distillation_loss(labels, y_pred, teacher_logits, self.temperature, self.alpha)

@@ -120,7 +120,7 @@ def run(cfg) -> int:
 
     # ---- teacher logits (cache mode) -------------------------------------------------------
     teacher_logits = None
-    if cfg.teacher_mode == "cache":
+    if cfg.teacher_mode == "cache" and cfg.alpha < 1.0:
         t0 = time.time()
         # Keyed by which teacher(s) produced them, so a different --teacher never reuses stale logits.
         tag = hashlib.sha256("|".join(f"{p.resolve()}:{p.stat().st_mtime_ns}" for p in teacher_paths).encode())
