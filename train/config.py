@@ -47,7 +47,7 @@ class Config:
     # optimisation
     batch_size: int = 64
     weight_decay: float = 1e-4
-    patience: int = 6
+    patience: int = 10             # validation accuracy is noisy epoch to epoch: stop late, restore the best
     class_balance: bool = True
     augment: bool = True
     strategy: str = "none"         # none | mirrored
