@@ -46,10 +46,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5, help="fresh-process measurements (median reported)")
+    p.add_argument("--teacher-run", help="take teacher_fp32 from this run (default: --run)")
     p.add_argument("--out", default="bench")
     a = p.parse_args(argv)
     run = Path(a.run)
     manifest = json.loads((run / "manifest.json").read_text())
+    teacher_run = Path(a.teacher_run) if a.teacher_run else run
+    teacher_manifest = json.loads((teacher_run / "manifest.json").read_text())
     split = json.loads((run / "split.json").read_text())
     image = split["test"][0]
     rows = []
@@ -58,7 +61,8 @@ def main(argv=None) -> int:
             print(f"skip {runtime}: {python} missing")
             continue
         for v in VARIANTS:
-            model = run / f"{v}.tflite"
+            src, man = (teacher_run, teacher_manifest) if v.startswith("teacher") else (run, manifest)
+            model = src / f"{v}.tflite"
             if not model.is_file():
                 continue
             proc = subprocess.run([str(python), "-m", "device.bench", "--model", str(model), "--runtime", runtime,
@@ -70,8 +74,8 @@ def main(argv=None) -> int:
             r = json.loads(proc.stdout)
             fresh = sorted((fresh_process(python, model, image, runtime) for _ in range(a.repeats)),
                            key=lambda f: f["wall_s"])
-            res = manifest["results"].get(v.split("_")[0], {})
-            rows.append({"runtime": runtime, "variant": v, "bytes": model.stat().st_size,
+            res = man["results"].get(v.split("_")[0], {})
+            rows.append({"runtime": runtime, "variant": v, "from_run": src.name, "bytes": model.stat().st_size,
                          "params": res.get("params"), "macs": res.get("macs"), **r,
                          "fresh_process": fresh[len(fresh) // 2],
                          "fresh_process_peak_rss_mb_max": max(f["peak_rss_mb"] for f in fresh)})
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
         if base:
             r["speedup_vs_teacher_fp32"] = round(base["p50_ms"] / r["p50_ms"], 2)
             r["smaller_vs_teacher_fp32"] = round(base["bytes"] / r["bytes"], 2)
-    result = {"run": run.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    result = {"run": run.name, "teacher_run": teacher_run.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "arch": platform.machine()},
               "threads": a.threads, "runs": a.runs, "kd_gain_test_accuracy": manifest.get("kd_gain_test_accuracy"),
