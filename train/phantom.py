@@ -99,7 +99,7 @@ def phantom(cls: str, rng: np.random.Generator, size: int = 160) -> np.ndarray:
     return np.clip(img * 255, 0, 255).astype(np.uint8)
 
 
-def write_dataset(out, n_train: int = 200, n_test: int = 25, size: int = 160, seed: int = 0) -> Path:
+def write_dataset(out, n_train: int = 200, n_test: int = 100, size: int = 160, seed: int = 0) -> Path:
     """Write n_train / n_test images per class under out/Training and out/Testing."""
     out = Path(out)
     for split, count, offset in (("Training", n_train, 0), ("Testing", n_test, 1)):
@@ -121,7 +121,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="data/synthetic")
     p.add_argument("--train-per-class", type=int, default=200)
-    p.add_argument("--test-per-class", type=int, default=25)
+    p.add_argument("--test-per-class", type=int, default=100)
     p.add_argument("--size", type=int, default=160, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
