@@ -150,6 +150,7 @@ def test_teacher_ensemble_averages_logits_and_tta_averages_flips():
 
     keras.utils.set_random_seed(1)
     a, b = _teacher(16), _teacher(8)  # members of different input sizes
+    b.name = a.name  # and the same name (e.g. two seeds of one architecture)
     x = np.random.default_rng(2).integers(0, 255, (5, 16, 16)).astype(np.uint8)
     ens = stages.ensemble([a, b], 16)
     xf = x.astype(np.float32)[..., None]

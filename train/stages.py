@@ -146,7 +146,8 @@ def ensemble(members, size: int) -> keras.Model:
     """Average the logits of several teachers (each resized to its own input size if needed)."""
     inp = keras.Input((size, size, 1), name="pixels")
     outs = []
-    for m in members:
+    for i, m in enumerate(members):
+        m = keras.Model(m.inputs[0], m.outputs[0], name=f"member{i}")  # members may share a name
         s = m.input_shape[1]
         x = inp if s == size else keras.layers.Resizing(s, s, interpolation="bilinear")(inp)
         outs.append(m(x))
