@@ -22,7 +22,7 @@ from device.bench import cpu_name
 from device.metadata import atomic_write_bytes, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("teacher_fp32", "student_fp32", "student_fp16", "student_dynamic", "student_int8")
+VARIANTS = ("teacher_fp32", "student_fp32", "student_fp16", "student_dynamic", "student_int8", "baseline_int8")
 # Which interpreter each runtime's numbers come from: tflite-runtime lives in the
 # device venv (numpy<2); LiteRT in the training venv (numpy 2).
 RUNTIMES = (("tflite-runtime", ROOT / ".venv-device/bin/python"), ("litert", ROOT / ".venv/bin/python"))

@@ -34,9 +34,12 @@ def model_card(manifest, parity, meta, bench=None) -> str:
         f"  (uint8 pixels in, scale 1 / zero point 0; uint8 probabilities out); {res['student']['params']:,}",
         f"  parameters, {res['student']['macs'] / 1e6:.1f} M multiply-accumulates at "
         f"{meta['input']['size']}x{meta['input']['size']} px, grayscale.",
-        f"- Distilled (T={manifest['config']['temperature']}, alpha={manifest['config']['alpha']}, teacher logits "
-        f"{manifest['config']['teacher_mode']}) from an EfficientNetB0 teacher "
-        f"({res['teacher']['params']:,} parameters, trained from scratch at {res['teacher']['input_size']} px).",
+        (f"- Distilled (T={manifest['config']['temperature']}, alpha={manifest['config']['alpha']}, teacher logits "
+         f"{manifest['config']['teacher_mode']}) from teacher `{manifest['config']['teacher'] or 'EfficientNetB0'}` "
+         f"({res['teacher']['params']:,} parameters, {res['teacher']['input_size']} px)."
+         if parity["float_model"] == "student" else
+         "- Trained on labels only (the run's no-distillation baseline): in this run distillation did not beat it "
+         "(see the metrics below and docs/teacher.md), so the better model is the one shipped."),
         f"- Produced by run `{manifest['run']}` (git `{manifest['git_commit']}`, {manifest['created']}).", "",
         "## Training data",
         f"- Kaggle \"Brain Tumor MRI Dataset\" (M. Nickparvar; assembled from figshare, SARTAJ and Br35H), "
@@ -59,8 +62,9 @@ def model_card(manifest, parity, meta, bench=None) -> str:
         f"{res['teacher']['test']['macro_f1']:.4f} |",
         f"| student, no distillation (Keras float) | {pct(res['baseline']['test']['accuracy'])} | "
         f"{res['baseline']['test']['macro_f1']:.4f} |" if "baseline" in res else "",
-        f"| student, distilled (Keras float) | {pct(parity['float']['accuracy'])} | {parity['float']['macro_f1']:.4f} |",
-        f"| **student, distilled, int8 (this file)** | **{pct(parity['int8']['accuracy'])}** | "
+        f"| student, distilled (Keras float) | {pct(res['student']['test']['accuracy'])} | "
+        f"{res['student']['test']['macro_f1']:.4f} |",
+        f"| **{parity['float_model']}, int8 (this file)** | **{pct(parity['int8']['accuracy'])}** | "
         f"**{parity['int8']['macro_f1']:.4f}** |", "",
         "Per-class recall (int8): " + ", ".join(f"{c} {pct(v)}" for c, v in parity["int8"]["per_class_recall"].items())
         + ".", "",
@@ -89,12 +93,14 @@ def model_card(manifest, parity, meta, bench=None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.ship", description=__doc__.splitlines()[0])
     p.add_argument("--run", default="artifacts/real")
+    p.add_argument("--model", default="student_int8", help="int8 variant of the run to ship (e.g. baseline_int8)")
     p.add_argument("--dest", default=str(ROOT / "device" / "models"))
     a = p.parse_args(argv)
     run, dest = Path(a.run), Path(a.dest)
     try:
-        meta = read_metadata(run / "student_int8.tflite")
-        parity = json.loads((run / "parity.json").read_text())
+        meta = read_metadata(run / f"{a.model}.tflite")
+        stem = "parity" if a.model == "student_int8" else f"parity_{a.model}"
+        parity = json.loads((run / f"{stem}.json").read_text())
         manifest = json.loads((run / "manifest.json").read_text())
     except (ModelError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -104,11 +110,12 @@ def main(argv=None) -> int:
         return 1
     bench_md = ROOT / "bench" / "results.md"
     bench = bench_md.read_text() if bench_md.is_file() else None
-    atomic_write_bytes(dest / "student_int8.tflite", (run / "student_int8.tflite").read_bytes())
+    # Always installed under the name the device loads by default.
+    atomic_write_bytes(dest / "student_int8.tflite", (run / f"{a.model}.tflite").read_bytes())
     atomic_write_json(dest / "student_int8.json", meta)
     atomic_write_bytes(dest / "MODEL_CARD.md", model_card(manifest, parity, meta, bench).encode())
     read_metadata(dest / "student_int8.tflite")  # the shipped pair verifies
-    print(f"shipped {run}/student_int8.tflite -> {dest}/ (with student_int8.json, MODEL_CARD.md)")
+    print(f"shipped {run}/{a.model}.tflite -> {dest}/student_int8.tflite (with .json, MODEL_CARD.md)")
     return 0
 
 
