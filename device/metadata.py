@@ -43,6 +43,9 @@ def atomic_write_bytes(path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; shipped files must be world-readable
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

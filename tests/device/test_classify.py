@@ -155,3 +155,17 @@ def test_bench_prints_figures(model):
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     r = json.loads(p.stdout)
     assert p.returncode == 0 and r["p50_ms"] > 0 and r["peak_rss_mb"] > 0 and r["images_per_s"] > 0
+
+
+def test_shipped_model_is_the_default_and_verifies(tmp_path):
+    from device.classify import PACKAGE_MODEL, default_model
+    from device.metadata import read_metadata
+
+    if not PACKAGE_MODEL.is_file():  # a checkout without a shipped model falls back to artifacts/
+        return
+    assert default_model() == PACKAGE_MODEL
+    meta = read_metadata(PACKAGE_MODEL)
+    assert meta["labels"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    img = _images(tmp_path) / "s0.jpg"
+    code, out, err = classify(img)  # no --model
+    assert code == 0 and any(c in out for c in meta["labels"]), err
