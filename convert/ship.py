@@ -58,7 +58,8 @@ def model_card(manifest, parity, meta, bench=None) -> str:
         "grayscale, pad to square with black, bilinear resize, uint8. Training used the identical function.", "",
         f"## Metrics (held-out test split, {parity['n']} images)", "",
         "| model | accuracy | macro-F1 |", "|---|---:|---:|",
-        f"| teacher EfficientNetB0 (Keras float) | {pct(res['teacher']['test']['accuracy'])} | "
+        f"| teacher `{manifest['config']['teacher'] or 'EfficientNetB0'}` (Keras float) | "
+        f"{pct(res['teacher']['test']['accuracy'])} | "
         f"{res['teacher']['test']['macro_f1']:.4f} |",
         f"| student, no distillation (Keras float) | {pct(res['baseline']['test']['accuracy'])} | "
         f"{res['baseline']['test']['macro_f1']:.4f} |" if "baseline" in res else "",
