@@ -243,15 +243,15 @@ def main(argv=None):
     add_flags(p, only={"data", "test_data", "image_size", "val_fraction", "test_fraction", "near_dup_threshold",
                        "keep_leaks", "cache_dir", "split_seed"})
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    cfg = from_args(p.parse_args(argv))
+    args = p.parse_args(argv)
     try:
-        s = prepare(cfg)
+        s = prepare(from_args(args))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(s.report))
-    if p.parse_args(argv).json:
-        atomic_write_json(p.parse_args(argv).json, s.report)
+    if args.json:
+        atomic_write_json(args.json, s.report)
     return 0
 
 
