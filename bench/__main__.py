@@ -22,7 +22,8 @@ from device.bench import cpu_name
 from device.metadata import atomic_write_bytes, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("teacher_fp32", "student_fp32", "student_fp16", "student_dynamic", "student_int8", "baseline_int8")
+VARIANTS = ("teacher_fp32", "teacher_int8", "student_fp32", "student_fp16", "student_dynamic", "student_int8",
+            "baseline_int8")
 # Which interpreter each runtime's numbers come from: tflite-runtime lives in the
 # device venv (numpy<2); LiteRT in the training venv (numpy 2).
 RUNTIMES = (("tflite-runtime", ROOT / ".venv-device/bin/python"), ("litert", ROOT / ".venv/bin/python"))
@@ -46,7 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5, help="fresh-process measurements (median reported)")
-    p.add_argument("--teacher-run", help="take teacher_fp32 from this run (default: --run)")
+    p.add_argument("--teacher-run", help="take the teacher variants from this run (default: --run)")
+    p.add_argument("--reference-run", help="also time this run's teacher_fp32 as 'reference_fp32' (e.g. the "
+                                          "EfficientNetB0 teacher of an older run); ratios stay against teacher_fp32")
     p.add_argument("--out", default="bench")
     a = p.parse_args(argv)
     run = Path(a.run)
@@ -60,9 +63,13 @@ def main(argv=None) -> int:
         if not python.exists():
             print(f"skip {runtime}: {python} missing")
             continue
-        for v in VARIANTS:
-            src, man = (teacher_run, teacher_manifest) if v.startswith("teacher") else (run, manifest)
-            model = src / f"{v}.tflite"
+        todo = [(v, *((teacher_run, teacher_manifest) if v.startswith("teacher") else (run, manifest)), v)
+                for v in VARIANTS]
+        if a.reference_run:
+            ref = Path(a.reference_run)
+            todo.insert(0, ("reference_fp32", ref, json.loads((ref / "manifest.json").read_text()), "teacher_fp32"))
+        for v, src, man, file_variant in todo:
+            model = src / f"{file_variant}.tflite"
             if not model.is_file():
                 continue
             proc = subprocess.run([str(python), "-m", "device.bench", "--model", str(model), "--runtime", runtime,
@@ -74,7 +81,7 @@ def main(argv=None) -> int:
             r = json.loads(proc.stdout)
             fresh = sorted((fresh_process(python, model, image, runtime) for _ in range(a.repeats)),
                            key=lambda f: f["wall_s"])
-            res = man["results"].get(v.split("_")[0], {})
+            res = man["results"].get(file_variant.split("_")[0], {})
             rows.append({"runtime": runtime, "variant": v, "from_run": src.name, "bytes": model.stat().st_size,
                          "params": res.get("params"), "macs": res.get("macs"), **r,
                          "fresh_process": fresh[len(fresh) // 2],
@@ -85,7 +92,9 @@ def main(argv=None) -> int:
         if base:
             r["speedup_vs_teacher_fp32"] = round(base["p50_ms"] / r["p50_ms"], 2)
             r["smaller_vs_teacher_fp32"] = round(base["bytes"] / r["bytes"], 2)
-    result = {"run": run.name, "teacher_run": teacher_run.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    result = {"run": run.name, "teacher_run": teacher_run.name,
+              "reference_run": Path(a.reference_run).name if a.reference_run else None,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "arch": platform.machine()},
               "threads": a.threads, "runs": a.runs, "kd_gain_test_accuracy": manifest.get("kd_gain_test_accuracy"),

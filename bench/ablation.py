@@ -1,11 +1,12 @@
 """KD ablation on one fixed split: distilled vs scratch student over seeds, and a T / alpha sweep.
 
-    python -m bench.ablation --data ../shared/data/brain-tumor-mri/Training \
-        --teacher artifacts/real/teacher.keras --seeds 1,2 [--sweep] [--extra-run artifacts/real]
+    python -m bench.ablation --data ../shared/data/brain-tumor-mri/Training \\
+        --teacher artifacts/kd96/teacher.keras --extra-run artifacts/kd96 --seeds 1,2 --sweep
 
-The teacher is trained once (pass --teacher); each seed trains the student with
-and without KD under the same budget. Results: docs/ablation.md, docs/ablation.json,
-docs/kd_sweep.png.
+The teacher is trained once (pass --teacher; it is reused by every run, so only the
+student's seed changes); each seed trains the student with and without KD under the
+same budget. Every finished run is kept (re-running skips it), and the report is
+rewritten after each one: docs/ablation.md, docs/ablation.json, docs/kd_sweep.png.
 """
 from __future__ import annotations
 
@@ -21,18 +22,62 @@ from device.metadata import atomic_write_bytes, atomic_write_json
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(args, out, extra):
-    out = Path(out)
+def train(args, out: Path, extra) -> dict:
     if not (out / "manifest.json").is_file():
         cmd = [sys.executable, "-m", "train", "--data", args.data, "--teacher", args.teacher, "--out", str(out),
                *extra, *args.train_args]
         print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=ROOT, stdout=open(out.with_suffix(".log"), "w"), stderr=subprocess.STDOUT)
+        with open(out.with_suffix(".log"), "w") as log:
+            subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     return json.loads((out / "manifest.json").read_text())
 
 
-def acc(m, name):
+def acc(m, name) -> float:
     return m["results"][name]["test"]["accuracy"] * 100
+
+
+def mean_sd(v) -> str:
+    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0:.2f}"
+
+
+def report(args, pairs, sweep, command) -> str:
+    gains = [p["student"] - p["baseline"] for p in pairs]
+    lines = ["# KD ablation (real data, fixed leakage-checked held-out test split)", "",
+             f"Command: `{command}`", "",
+             "Test accuracy (%) on the held-out split; the teacher is the same model in every row.", "",
+             "| seed | teacher | distilled student | scratch student | KD gain (points) |",
+             "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p['seed']} | {p['teacher']:.2f} | {p['student']:.2f} | {p['baseline']:.2f} | {g:+.2f} |"
+              for p, g in zip(pairs, gains)]
+    if pairs:
+        lines.append(f"| **mean ± sd** | | **{mean_sd([p['student'] for p in pairs])}** | "
+                     f"**{mean_sd([p['baseline'] for p in pairs])}** | **{mean_sd(gains)}** |")
+    if sweep:
+        seed = sweep[0]["seed"]
+        base = next((p["baseline"] for p in pairs if p["seed"] == seed), None)
+        lines += ["", f"T / alpha sweep (student seed {seed}; gain against that seed's scratch student"
+                  f"{f' {base:.2f}%' if base is not None else ''}):", "",
+                  "| T | alpha | distilled student | KD gain |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['T']:g} | {r['alpha']:g} | {r['student']:.2f} | "
+                  f"{(r['student'] - base) if base is not None else float('nan'):+.2f} |" for r in sweep]
+    return "\n".join(lines) + "\n"
+
+
+def plot(pairs, sweep, path):
+    from train.plots import plt, save_fig
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for alpha in sorted({r["alpha"] for r in sweep}):
+        pts = sorted((r["T"], r["student"]) for r in sweep if r["alpha"] == alpha)
+        ax.plot([t for t, _ in pts], [a for _, a in pts], "o-", label=f"KD, alpha={alpha:g}")
+    if pairs:
+        ax.axhline(statistics.mean(p["baseline"] for p in pairs), color="k", ls="--", label="scratch (mean of seeds)")
+        ax.axhline(statistics.mean(p["teacher"] for p in pairs), color="tab:red", ls=":", label="teacher")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    save_fig(fig, path)
 
 
 def main(argv=None) -> int:
@@ -40,56 +85,46 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--teacher", required=True, help="trained teacher .keras (reused by every run)")
     p.add_argument("--seeds", default="1,2")
-    p.add_argument("--extra-run", action="append", default=[], help="finished run folders to include")
-    p.add_argument("--sweep", action="store_true", help="also T in {2,4,8} x alpha in {0.1,0.5} (seed 1)")
+    p.add_argument("--extra-run", action="append", default=[], help="finished run folders to include as seeds")
+    p.add_argument("--sweep", action="store_true", help="also the T x alpha grid (first seed, no baseline)")
+    p.add_argument("--temperatures", default="2,4,8")
+    p.add_argument("--alphas", default="0.1,0.5")
     p.add_argument("--out", default="artifacts/ablation")
+    p.add_argument("--docs", default=str(ROOT / "docs"))
     p.add_argument("train_args", nargs="*", help="extra flags for python -m train (after --)")
     args = p.parse_args(argv)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    runs = [json.loads((Path(r) / "manifest.json").read_text()) for r in args.extra_run]
-    for s in [int(x) for x in args.seeds.split(",") if x]:
-        runs.append(train(args, Path(args.out) / f"seed{s}", ["--seed", str(s)]))
-    pairs = [(m["config"]["seed"], acc(m, "student"), acc(m, "baseline"), acc(m, "teacher")) for m in runs]
-    gains = [s - b for _, s, b, _ in pairs]
-    sweep = []
+    out, docs = Path(args.out), Path(args.docs)
+    out.mkdir(parents=True, exist_ok=True)
+    docs.mkdir(parents=True, exist_ok=True)
+    command = "python -m bench.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
+    pairs, sweep = [], []
+
+    def pair(m):
+        return {"seed": m["config"]["seed"], "run": m["run"], "student": acc(m, "student"),
+                "baseline": acc(m, "baseline"), "teacher": acc(m, "teacher"),
+                "alpha": m["config"]["alpha"], "T": m["config"]["temperature"]}
+
+    def write():
+        atomic_write_bytes(docs / "ablation.md", report(args, pairs, sweep, command).encode())
+        atomic_write_json(docs / "ablation.json", {"command": command, "seeds": pairs, "sweep": sweep})
+        if sweep:
+            plot(pairs, sweep, docs / "kd_sweep.png")
+
+    pairs += [pair(json.loads((Path(r) / "manifest.json").read_text())) for r in args.extra_run]
+    seeds = [int(x) for x in args.seeds.split(",") if x]
+    for s in seeds:
+        pairs.append(pair(train(args, out / f"seed{s}", ["--seed", str(s)])))
+        write()
     if args.sweep:
-        for T in (2.0, 4.0, 8.0):
-            for alpha in (0.1, 0.5):
-                m = train(args, Path(args.out) / f"T{T:g}_a{alpha:g}",
-                          ["--seed", "1", "--temperature", str(T), "--alpha", str(alpha), "--no-baseline"])
-                sweep.append({"T": T, "alpha": alpha, "student_acc": acc(m, "student")})
-
-    def ms(v):
-        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0:.2f}"
-
-    lines = ["# KD ablation (real data, fixed leakage-checked held-out split)", "",
-             f"Command: `python -m bench.ablation {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
-             "| seed | teacher acc | distilled student acc | scratch student acc | KD gain (points) |",
-             "|---:|---:|---:|---:|---:|"]
-    for (seed, s, b, t), g in zip(pairs, gains):
-        lines.append(f"| {seed} | {t:.2f} | {s:.2f} | {b:.2f} | {g:+.2f} |")
-    lines.append(f"| **mean ± sd** | | **{ms([s for _, s, _, _ in pairs])}** | **{ms([b for _, _, b, _ in pairs])}** | "
-                 f"**{ms(gains)}** |")
-    if sweep:
-        lines += ["", "T / alpha sweep (seed 1, no baseline):", "", "| T | alpha | student acc |", "|---:|---:|---:|"]
-        lines += [f"| {r['T']:g} | {r['alpha']:g} | {r['student_acc']:.2f} |" for r in sweep]
-        from train.plots import plt, save_fig
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for alpha in (0.1, 0.5):
-            pts = [r for r in sweep if r["alpha"] == alpha]
-            ax.plot([r["T"] for r in pts], [r["student_acc"] for r in pts], "o-", label=f"alpha={alpha}")
-        ax.axhline(statistics.mean(b for _, _, b, _ in pairs), color="k", ls="--", label="scratch (mean)")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("temperature T")
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend()
-        save_fig(fig, ROOT / "docs" / "kd_sweep.png")
-    md = "\n".join(lines) + "\n"
-    (ROOT / "docs").mkdir(exist_ok=True)
-    atomic_write_bytes(ROOT / "docs" / "ablation.md", md.encode())
-    atomic_write_json(ROOT / "docs" / "ablation.json", {"pairs": pairs, "gains": gains, "sweep": sweep})
-    print(md)
+        seed = seeds[0] if seeds else pairs[0]["seed"]
+        for T in (float(t) for t in args.temperatures.split(",")):
+            for alpha in (float(a) for a in args.alphas.split(",")):
+                m = train(args, out / f"T{T:g}_a{alpha:g}_seed{seed}",
+                          ["--seed", str(seed), "--temperature", str(T), "--alpha", str(alpha), "--no-baseline"])
+                sweep.append({"seed": seed, "T": T, "alpha": alpha, "student": acc(m, "student")})
+                write()
+    write()
+    print(report(args, pairs, sweep, command))
     return 0
 
 

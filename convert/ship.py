@@ -20,6 +20,16 @@ def pct(x):
     return "-" if x is None else f"{x:.2%}"
 
 
+def teacher_name(manifest) -> str:
+    c = manifest["config"]
+    if c.get("teacher"):
+        return f"`{c['teacher']}`"
+    if c.get("teacher_recipe", "efficientnetb0") == "ensemble":
+        return (f"ensemble of {c['teacher_members']} CNNs (student family, width {c['teacher_width']:g}, "
+                f"seeds differ, logits averaged)")
+    return "EfficientNetB0"
+
+
 def model_card(manifest, parity, meta, bench=None) -> str:
     d, res = manifest["data_report"], manifest["results"]
     ed, leak = d["exact_duplicates"], d["leakage"]
@@ -35,7 +45,7 @@ def model_card(manifest, parity, meta, bench=None) -> str:
         f"  parameters, {res['student']['macs'] / 1e6:.1f} M multiply-accumulates at "
         f"{meta['input']['size']}x{meta['input']['size']} px, grayscale.",
         (f"- Distilled (T={manifest['config']['temperature']}, alpha={manifest['config']['alpha']}, teacher logits "
-         f"{manifest['config']['teacher_mode']}) from teacher `{manifest['config']['teacher'] or 'EfficientNetB0'}` "
+         f"{manifest['config']['teacher_mode']}) from teacher {teacher_name(manifest)} "
          f"({res['teacher']['params']:,} parameters, {res['teacher']['input_size']} px)."
          if parity["float_model"] == "student" else
          "- Trained on labels only (the run's no-distillation baseline): in this run distillation did not beat it "
@@ -58,7 +68,7 @@ def model_card(manifest, parity, meta, bench=None) -> str:
         "grayscale, pad to square with black, bilinear resize, uint8. Training used the identical function.", "",
         f"## Metrics (held-out test split, {parity['n']} images)", "",
         "| model | accuracy | macro-F1 |", "|---|---:|---:|",
-        f"| teacher `{manifest['config']['teacher'] or 'EfficientNetB0'}` (Keras float) | "
+        f"| teacher: {teacher_name(manifest)} (Keras float) | "
         f"{pct(res['teacher']['test']['accuracy'])} | "
         f"{res['teacher']['test']['macro_f1']:.4f} |",
         f"| student, no distillation (Keras float) | {pct(res['baseline']['test']['accuracy'])} | "

@@ -15,7 +15,8 @@ from convert import calibration
 from convert.audit import audit, check_full_int8
 from device.metadata import atomic_write_bytes, atomic_write_json, make_metadata
 
-VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32", "baseline_int8")
+VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32", "teacher_int8",
+            "baseline_int8")
 
 
 def with_softmax(model):

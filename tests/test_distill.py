@@ -82,6 +82,11 @@ def test_run_writes_models_reports_and_a_reloadable_student(tiny_run):
         assert k in m
     for f in ("confusion.png", "curves.png", "split.json", "data_report.json"):
         assert (tiny_run / f).is_file()
+    # The default teacher is an ensemble: each member saved and scored alone, the average saved as teacher.keras.
+    assert len(m["results"]["teacher"]["members"]) == m["config"]["teacher_members"] == 2
+    assert all((tiny_run / f"teacher_member{i}.keras").is_file() for i in range(2))
+    teacher = keras.models.load_model(tiny_run / "teacher.keras")
+    assert teacher.get_layer("mean_logits") is not None
     # The saved student is a plain Keras model: no custom objects needed.
     student = keras.models.load_model(tiny_run / "student.keras")
     assert student.output_shape == (None, 4)
@@ -160,3 +165,31 @@ def test_teacher_ensemble_averages_logits_and_tta_averages_flips():
     flipped = a.predict(xf[:, :, ::-1], verbose=0)
     np.testing.assert_allclose(stages.predict_logits(a, x, tta=True), (a.predict(xf, verbose=0) + flipped) / 2,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_efficientnet_teacher_recipe_runs_end_to_end(phantoms, tmp_path):
+    """The recipe for users with ImageNet weights (here random init, one tiny epoch: plumbing only)."""
+    from train.run import run
+
+    cfg = tiny_config(phantoms, tmp_path, teacher_recipe="efficientnetb0", teacher_size=32, student_epochs=1,
+                      baseline=False, alpha=0.5)
+    assert run(cfg) == 0
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["results"]["teacher"]["params"] > 3_000_000  # EfficientNetB0, not a student-sized net
+    assert "members" not in m["results"]["teacher"]
+
+
+def test_augment_levels():
+    from train import stages
+
+    x = np.random.default_rng(0).integers(0, 255, (64, 12, 12)).astype(np.uint8)
+    (xb, _), = stages.make_dataset(x, np.zeros(64, np.int32), batch=64, augment="flip", seed=1).take(1)
+    xb, xf = xb.numpy()[..., 0], x.astype(np.float32)
+    same = [np.array_equal(a, b) for a, b in zip(xb, xf)]
+    mirrored = [np.array_equal(a, b[:, ::-1]) for a, b in zip(xb, xf)]
+    # "flip" only mirrors left/right (so flip-TTA teacher logits stay valid), and does so for some images only.
+    assert all(s or f for s, f in zip(same, mirrored)) and any(same) and any(mirrored)
+    (xn, _), = stages.make_dataset(x, np.zeros(64, np.int32), batch=64, augment="none").take(1)
+    np.testing.assert_array_equal(xn.numpy()[..., 0], xf)
+    with pytest.raises(ValueError, match="augment level"):
+        stages.augmenter("strong", 0)

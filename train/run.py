@@ -49,6 +49,46 @@ def class_weights(labels, n) -> np.ndarray:
     return (len(labels) / (n * np.maximum(counts, 1))).astype(np.float32)
 
 
+def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times):
+    """EfficientNetB0, or an ensemble of CNNs whose logits are averaged (each member resumable on its own)."""
+    import keras
+
+    from train import stages
+    from train.models import build_student, build_teacher
+
+    tsize = int(t_imgs.x.shape[1])
+    fit = dict(cfg=cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, strategy=strategy,
+               label_smoothing=cfg.label_smoothing)
+    data = (t_imgs.x[splits.train], y_tr, sw, t_imgs.x[splits.val], imgs.labels[splits.val])
+    if cfg.teacher_recipe == "efficientnetb0":
+        _log(f"teacher: training EfficientNetB0 at {tsize}px for up to {cfg.teacher_epochs} epochs")
+        with strategy.scope():
+            teacher = build_teacher(tsize, n, cfg.teacher_weights, cfg.teacher_dropout)
+        epoch_times["teacher"] = stages.fit_classifier(teacher, *data, stage_dir=out / "stages" / "teacher", **fit)
+        return teacher
+    if cfg.teacher_recipe != "ensemble":
+        raise DataError(f"unknown teacher recipe '{cfg.teacher_recipe}' (efficientnetb0 | ensemble)")
+    members = []
+    for i in range(cfg.teacher_members):
+        path = out / f"teacher_member{i}.keras"
+        if path.is_file():
+            _log(f"teacher member {i}: loading finished {path}")
+            members.append(keras.models.load_model(path))
+            continue
+        _log(f"teacher member {i + 1}/{cfg.teacher_members}: CNN width {cfg.teacher_width:g} at {tsize}px, "
+             f"up to {cfg.teacher_epochs} epochs")
+        # Members differ only by seed (init, data order, augmentation): averaging them cancels their own errors.
+        keras.utils.set_random_seed(cfg.seed + 1000 * (i + 1))
+        with strategy.scope():
+            m = build_student(tsize, n, cfg.teacher_width, cfg.student_dropout)
+        epoch_times[f"teacher_member{i}"] = stages.fit_classifier(
+            m, *data, stage_dir=out / "stages" / f"teacher_member{i}", seed=cfg.seed + 1000 * (i + 1), **fit)
+        stages.save_model(m, path)
+        members.append(m)
+    with strategy.scope():
+        return stages.ensemble(members, tsize) if len(members) > 1 else members[0]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     add_flags(p)
@@ -65,7 +105,7 @@ def run(cfg) -> int:
 
     from train import stages
     from train.metrics import softmax, summarize
-    from train.models import build_student, build_teacher, count_macs
+    from train.models import build_student, count_macs
     from train.plots import confusion_png, curves_png
 
     out = Path(cfg.out)
@@ -108,13 +148,7 @@ def run(cfg) -> int:
             # Several teachers: one model whose logits are the members' mean.
             teacher = members[0] if len(members) == 1 else stages.ensemble(members, tsize)
     else:
-        _log(f"teacher: training EfficientNetB0 at {tsize}px for up to {cfg.teacher_epochs} epochs")
-        with strategy.scope():
-            teacher = build_teacher(tsize, n, cfg.teacher_weights, cfg.teacher_dropout)
-        epoch_times["teacher"] = stages.fit_classifier(
-            teacher, t_imgs.x[splits.train], y_tr, sw, t_imgs.x[splits.val], imgs.labels[splits.val],
-            cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, stage_dir=out / "stages" / "teacher",
-            strategy=strategy, label_smoothing=cfg.label_smoothing)
+        teacher = train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times)
         stages.save_model(teacher, teacher_path)
     times["teacher"] = time.time() - t0
 
@@ -173,6 +207,14 @@ def run(cfg) -> int:
         if name in epoch_times:
             entry["epoch_seconds"] = epoch_times[name]
         results[name] = entry
+    # An ensemble teacher: how much each member scores alone, so the ensemble's gain is visible.
+    member_files = sorted(out.glob("teacher_member*.keras")) if not cfg.teacher else []
+    if len(member_files) > 1:
+        results["teacher"]["members"] = []
+        for f in member_files:
+            probs = softmax(stages.predict_logits(keras.models.load_model(f), t_timgs.x[splits.test]))
+            results["teacher"]["members"].append(
+                {"file": f.name, "test_accuracy": summarize(timgs.labels[splits.test], probs, classes)["accuracy"]})
     confusion_png({k: v["test"]["confusion"] for k, v in results.items()}, classes, out / "confusion.png")
     curves_png({k: stages.read_history(out / "stages" / k) for k in results}, out / "curves.png")
     kd_gain = None
@@ -183,6 +225,7 @@ def run(cfg) -> int:
         "git_commit": git_commit(), "versions": versions(), "config": dataclasses.asdict(cfg),
         "data_report": splits.report, "results": results, "kd_gain_test_accuracy": kd_gain,
         "seconds": {**{k: round(v, 1) for k, v in times.items()}, "total": round(time.time() - t_start, 1)},
+        "epoch_seconds": epoch_times,
         "classes": classes,
     }
     atomic_write_json(out / "manifest.json", manifest)

@@ -30,8 +30,21 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def augmenter(seed: int) -> keras.Sequential:
-    # MRI-appropriate and label-preserving: left/right flip, small pose changes, scanner gain.
+AUGMENT_LEVELS = ("none", "flip", "full")
+
+
+def augmenter(level: str, seed: int) -> keras.Sequential | None:
+    """MRI-appropriate, label-preserving: left/right flip; "full" adds small pose changes and scanner gain.
+
+    "flip" is the only view change that flip-TTA cached teacher logits are exactly valid for, so it is
+    the level where cached distillation targets match what the student sees (docs/teacher.md).
+    """
+    if level not in AUGMENT_LEVELS:
+        raise ValueError(f"unknown augment level '{level}' ({' | '.join(AUGMENT_LEVELS)})")
+    if level == "none":
+        return None
+    if level == "flip":
+        return keras.Sequential([keras.layers.RandomFlip("horizontal", seed=seed)], name="augment")
     return keras.Sequential([
         keras.layers.RandomFlip("horizontal", seed=seed),
         keras.layers.RandomRotation(0.04, fill_mode="constant", seed=seed + 1),
@@ -46,14 +59,14 @@ def _pixels(x):
     return tf.cast(x, tf.float32)[..., None]
 
 
-def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment=False, seed=0):
+def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment="none", seed=0):
     """x: (N, s, s) uint8 in memory; target: labels, one-hot or a dict of arrays."""
     items = (x, target) if weights is None else (x, target, weights)
     ds = tf.data.Dataset.from_tensor_slices(items)
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch, drop_remainder=shuffle)
-    aug = augmenter(seed) if augment else None
+    aug = augmenter(augment, seed)
 
     def prep(*t):
         xb = _pixels(t[0])
@@ -97,7 +110,7 @@ def _callbacks(stage_dir: Path, patience: int):
 
 
 def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strategy, label_smoothing=0.0,
-                   extra_callbacks=()):
+                   seed=None, extra_callbacks=()):
     """Plain supervised training (the teacher)."""
     n = model.output_shape[-1]
     steps = max(len(x) // cfg.batch_size, 1)
@@ -106,7 +119,8 @@ def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strat
                       loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=False)
     onehot = np.eye(n, dtype=np.float32)
-    train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
+    seed = cfg.seed if seed is None else seed
+    train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed)
     val_ds = make_dataset(xv, onehot[yv], batch=cfg.batch_size)
     timer, cbs = _callbacks(Path(stage_dir), cfg.patience)
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=VERBOSE)

@@ -1,0 +1,28 @@
+import json
+
+from bench import ablation
+
+
+def _run(tmp_path, name, seed, student, baseline, teacher=95.0):
+    d = tmp_path / name
+    d.mkdir()
+    res = {k: {"test": {"accuracy": v / 100}} for k, v in
+           (("student", student), ("baseline", baseline), ("teacher", teacher))}
+    (d / "manifest.json").write_text(json.dumps(
+        {"run": name, "config": {"seed": seed, "alpha": 0.3, "temperature": 4.0}, "results": res}))
+    return str(d)
+
+
+def test_ablation_reports_gain_mean_and_sd_over_seeds(tmp_path):
+    runs = [_run(tmp_path, "a", 1, 93.0, 92.0), _run(tmp_path, "b", 2, 94.0, 91.0), _run(tmp_path, "c", 3, 92.0, 93.0)]
+    docs = tmp_path / "docs"
+    argv = ["--data", "unused", "--teacher", "unused", "--seeds", "", "--docs", str(docs), "--out", str(tmp_path / "o")]
+    for r in runs:
+        argv += ["--extra-run", r]
+    assert ablation.main(argv) == 0
+    md = (docs / "ablation.md").read_text()
+    # gains +1, +3, -1: mean +1.00, sd 2.00; negative gains are shown as such
+    assert "**1.00 ± 2.00** |" in md
+    assert "| 3 | 95.00 | 92.00 | 93.00 | -1.00 |" in md
+    data = json.loads((docs / "ablation.json").read_text())
+    assert [p["seed"] for p in data["seeds"]] == [1, 2, 3]
