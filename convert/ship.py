@@ -50,6 +50,9 @@ def model_card(manifest, parity, meta, bench=None) -> str:
          if parity["float_model"] == "student" else
          "- Trained on labels only (the run's no-distillation baseline): in this run distillation did not beat it "
          "(see the metrics below and docs/teacher.md), so the better model is the one shipped."),
+        (f"- Chosen over the run's other student on validation accuracy (distilled {pct(res['student']['val']['accuracy'])}"
+         f", no distillation {pct(res['baseline']['val']['accuracy'])}); the test split below was not used to choose."
+         if "baseline" in res and "val" in res["student"] else None),
         f"- Produced by run `{manifest['run']}` (git `{manifest['git_commit']}`, {manifest['created']}).", "",
         "## Training data",
         f"- Kaggle \"Brain Tumor MRI Dataset\" (M. Nickparvar; assembled from figshare, SARTAJ and Br35H), "
