@@ -53,9 +53,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench")
     a = p.parse_args(argv)
     run = Path(a.run)
-    manifest = json.loads((run / "manifest.json").read_text())
     teacher_run = Path(a.teacher_run) if a.teacher_run else run
-    teacher_manifest = json.loads((teacher_run / "manifest.json").read_text())
+    # (row name, run folder, file variant); the reference teacher keeps its own file name.
+    todo = [(v, teacher_run if v.startswith("teacher") else run, v) for v in VARIANTS]
+    if a.reference_run:
+        todo.insert(0, ("reference_fp32", Path(a.reference_run), "teacher_fp32"))
+    manifests = {src: json.loads((src / "manifest.json").read_text()) for _, src, _ in todo}
     split = json.loads((run / "split.json").read_text())
     image = split["test"][0]
     rows = []
@@ -63,12 +66,7 @@ def main(argv=None) -> int:
         if not python.exists():
             print(f"skip {runtime}: {python} missing")
             continue
-        todo = [(v, *((teacher_run, teacher_manifest) if v.startswith("teacher") else (run, manifest)), v)
-                for v in VARIANTS]
-        if a.reference_run:
-            ref = Path(a.reference_run)
-            todo.insert(0, ("reference_fp32", ref, json.loads((ref / "manifest.json").read_text()), "teacher_fp32"))
-        for v, src, man, file_variant in todo:
+        for v, src, file_variant in todo:
             model = src / f"{file_variant}.tflite"
             if not model.is_file():
                 continue
@@ -81,7 +79,7 @@ def main(argv=None) -> int:
             r = json.loads(proc.stdout)
             fresh = sorted((fresh_process(python, model, image, runtime) for _ in range(a.repeats)),
                            key=lambda f: f["wall_s"])
-            res = man["results"].get(file_variant.split("_")[0], {})
+            res = manifests[src]["results"].get(file_variant.split("_")[0], {})
             rows.append({"runtime": runtime, "variant": v, "from_run": src.name, "bytes": model.stat().st_size,
                          "params": res.get("params"), "macs": res.get("macs"), **r,
                          "fresh_process": fresh[len(fresh) // 2],
@@ -97,7 +95,7 @@ def main(argv=None) -> int:
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "arch": platform.machine()},
-              "threads": a.threads, "runs": a.runs, "kd_gain_test_accuracy": manifest.get("kd_gain_test_accuracy"),
+              "threads": a.threads, "runs": a.runs, "kd_gain_test_accuracy": manifests[run].get("kd_gain_test_accuracy"),
               "rows": rows}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -49,16 +49,12 @@ def report(args, pairs, sweep, command) -> str:
              "| seed | teacher | distilled student | scratch student | KD gain (points) | val: distilled | val: scratch |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {p['seed']} | {p['teacher']:.2f} | {p['student']:.2f} | {p['baseline']:.2f} | {g:+.2f} | "
-              f"{p.get('student_val', float('nan')):.2f} | {p.get('baseline_val', float('nan')):.2f} |"
-              for p, g in zip(pairs, gains)]
+              f"{p['student_val']:.2f} | {p['baseline_val']:.2f} |" for p, g in zip(pairs, gains)]
     if pairs:
-        val_gains = [p["student_val"] - p["baseline_val"] for p in pairs if "student_val" in p]
         lines.append(f"| **mean ± sd** | | **{mean_sd([p['student'] for p in pairs])}** | "
                      f"**{mean_sd([p['baseline'] for p in pairs])}** | **{mean_sd(gains)}** | "
-                     f"{mean_sd([p['student_val'] for p in pairs if 'student_val' in p]) if val_gains else ''} | "
-                     f"{mean_sd([p['baseline_val'] for p in pairs if 'baseline_val' in p]) if val_gains else ''} |")
-        if val_gains:
-            lines += ["", f"KD gain on validation: {mean_sd(val_gains)} points."]
+                     f"{mean_sd([p['student_val'] for p in pairs])} | {mean_sd([p['baseline_val'] for p in pairs])} |")
+        lines += ["", f"KD gain on validation: {mean_sd([p['student_val'] - p['baseline_val'] for p in pairs])} points."]
     if sweep:
         seed = sweep[0]["seed"]
         base = next((p["baseline"] for p in pairs if p["seed"] == seed), None)
@@ -109,8 +105,7 @@ def main(argv=None) -> int:
     def pair(m):
         return {"seed": m["config"]["seed"], "run": m["run"], "student": acc(m, "student"),
                 "baseline": acc(m, "baseline"), "teacher": acc(m, "teacher"),
-                **({"student_val": acc(m, "student", "val"), "baseline_val": acc(m, "baseline", "val")}
-                   if "val" in m["results"]["student"] else {}),
+                "student_val": acc(m, "student", "val"), "baseline_val": acc(m, "baseline", "val"),
                 "alpha": m["config"]["alpha"], "T": m["config"]["temperature"]}
 
     def write():

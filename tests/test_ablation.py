@@ -6,7 +6,7 @@ from bench import ablation
 def _run(tmp_path, name, seed, student, baseline, teacher=95.0):
     d = tmp_path / name
     d.mkdir()
-    res = {k: {"test": {"accuracy": v / 100}} for k, v in
+    res = {k: {"test": {"accuracy": v / 100}, "val": {"accuracy": v / 100}} for k, v in
            (("student", student), ("baseline", baseline), ("teacher", teacher))}
     (d / "manifest.json").write_text(json.dumps(
         {"run": name, "config": {"seed": seed, "alpha": 0.3, "temperature": 4.0}, "results": res}))

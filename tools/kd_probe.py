@@ -39,7 +39,7 @@ for spec in specs:
     keras.utils.set_random_seed(1)
     st = build_student(size, n)
     t0 = time.time()
-    stages.fit_student(st, "cached" if a < 1 else None, imgs.x[s.train], y, sw, targets if a < 1 else None,
+    stages.fit_student(st, None, imgs.x[s.train], y, sw, targets if a < 1 else None,
                        imgs.x[s.val], imgs.labels[s.val], c, alpha=a,
                        stage_dir=f"artifacts/probe/{spec.replace(',', '_')}_{size}", strategy=stages.make_strategy("none"))
     res = {}

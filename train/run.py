@@ -78,11 +78,12 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         _log(f"teacher member {i + 1}/{cfg.teacher_members}: CNN width {cfg.teacher_width:g} at {tsize}px, "
              f"up to {cfg.teacher_epochs} epochs")
         # Members differ only by seed (init, data order, augmentation): averaging them cancels their own errors.
-        keras.utils.set_random_seed(cfg.seed + 1000 * (i + 1))
+        seed = cfg.seed + 1000 * (i + 1)
+        keras.utils.set_random_seed(seed)
         with strategy.scope():
             m = build_student(tsize, n, cfg.teacher_width, cfg.student_dropout)
         epoch_times[f"teacher_member{i}"] = stages.fit_classifier(
-            m, *data, stage_dir=out / "stages" / f"teacher_member{i}", seed=cfg.seed + 1000 * (i + 1), **fit)
+            m, *data, stage_dir=out / "stages" / f"teacher_member{i}", seed=seed, **fit)
         stages.save_model(m, path)
         members.append(m)
     with strategy.scope():
@@ -208,7 +209,8 @@ def run(cfg) -> int:
             entry["epoch_seconds"] = epoch_times[name]
         results[name] = entry
     # An ensemble teacher: how much each member scores alone, so the ensemble's gain is visible.
-    member_files = sorted(out.glob("teacher_member*.keras")) if not cfg.teacher else []
+    member_files = ([out / f"teacher_member{i}.keras" for i in range(cfg.teacher_members)]
+                    if cfg.teacher_recipe == "ensemble" and not cfg.teacher else [])
     if len(member_files) > 1:
         results["teacher"]["members"] = []
         for f in member_files:

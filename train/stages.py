@@ -39,8 +39,6 @@ def augmenter(level: str, seed: int) -> keras.Sequential | None:
     "flip" is the only view change that flip-TTA cached teacher logits are exactly valid for, so it is
     the level where cached distillation targets match what the student sees (docs/teacher.md).
     """
-    if isinstance(level, bool):  # configs written before the levels existed
-        level = "full" if level else "none"
     if level not in AUGMENT_LEVELS:
         raise ValueError(f"unknown augment level '{level}' ({' | '.join(AUGMENT_LEVELS)})")
     if level == "none":
