@@ -32,6 +32,24 @@ def train(args, out: Path, extra) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
+# Config fields that change the distilled student but not the scratch one.
+TEACHER_ONLY = {"teacher", "teacher_recipe", "teacher_members", "teacher_width", "teacher_weights", "teacher_epochs",
+                "teacher_lr", "teacher_dropout", "teacher_size", "teacher_augment", "label_smoothing",
+                "temperature", "alpha", "teacher_mode", "tta", "baseline", "out"}
+
+
+def with_baseline_from(m: dict, old: dict) -> dict:
+    """m (a --no-baseline run) plus the scratch student of an earlier run with the same student config."""
+    diff = sorted(k for k in set(m["config"]) | set(old["config"])
+                  if k not in TEACHER_ONLY and m["config"].get(k) != old["config"].get(k))
+    if diff:
+        raise SystemExit(f"error: cannot reuse the scratch student of {old['config']['out']}: "
+                         f"config differs in {', '.join(diff)}")
+    m = dict(m, results=dict(m["results"], baseline=old["results"]["baseline"]))
+    m["baseline_from"] = old["config"]["out"]
+    return m
+
+
 def acc(m, name, split="test") -> float:
     return m["results"][name][split]["accuracy"] * 100
 
@@ -92,6 +110,9 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="also the T x alpha grid (first seed, no baseline)")
     p.add_argument("--temperatures", default="2,4,8")
     p.add_argument("--alphas", default="0.1,0.5")
+    p.add_argument("--reuse-baselines", default="",
+                   help="an earlier ablation folder: take each seed's scratch student from it (the scratch student "
+                        "does not depend on the teacher) when its config matches, and train only the distilled one")
     p.add_argument("--out", default="artifacts/ablation")
     p.add_argument("--docs", default=str(ROOT / "docs"))
     p.add_argument("train_args", nargs="*", help="extra flags for python -m train (after --)")
@@ -117,7 +138,12 @@ def main(argv=None) -> int:
     pairs += [pair(json.loads((Path(r) / "manifest.json").read_text())) for r in args.extra_run]
     seeds = [int(x) for x in args.seeds.split(",") if x]
     for s in seeds:
-        pairs.append(pair(train(args, out / f"seed{s}", ["--seed", str(s)])))
+        old = Path(args.reuse_baselines) / f"seed{s}" / "manifest.json" if args.reuse_baselines else None
+        if old is not None and old.is_file():
+            m = train(args, out / f"seed{s}", ["--seed", str(s), "--no-baseline"])
+            pairs.append(pair(with_baseline_from(m, json.loads(old.read_text()))))
+        else:
+            pairs.append(pair(train(args, out / f"seed{s}", ["--seed", str(s)])))
         write()
     if args.sweep:
         seed = seeds[0] if seeds else pairs[0]["seed"]

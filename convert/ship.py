@@ -25,8 +25,10 @@ def teacher_name(manifest) -> str:
     if c.get("teacher"):
         return f"`{c['teacher']}`"
     if c.get("teacher_recipe", "efficientnetb0") == "ensemble":
-        return (f"ensemble of {c['teacher_members']} CNNs (student family, width {c['teacher_width']:g}, "
-                f"seeds differ, logits averaged)")
+        members = str(c["teacher_members"])
+        n = int(members) if members.isdigit() else len(members.split(","))
+        how = "seeds differ" if members.isdigit() else f"trained as {members} (augmentation:epochs)"
+        return f"ensemble of {n} CNNs (student family, width {c['teacher_width']:g}, {how}, logits averaged)"
     return "EfficientNetB0"
 
 

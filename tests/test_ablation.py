@@ -26,3 +26,19 @@ def test_ablation_reports_gain_mean_and_sd_over_seeds(tmp_path):
     assert "| 3 | 95.00 | 92.00 | 93.00 | -1.00 |" in md
     data = json.loads((docs / "ablation.json").read_text())
     assert [p["seed"] for p in data["seeds"]] == [1, 2, 3]
+
+
+def test_scratch_student_is_reused_only_when_its_config_matches():
+    cfg = {"seed": 1, "image_size": 96, "student_epochs": 18, "teacher": "a.keras", "teacher_size": 128, "out": "old"}
+    old = {"run": "seed1", "config": cfg, "results": {"baseline": {"test": {"accuracy": 0.9}}}}
+    new = {"run": "seed1", "config": dict(cfg, teacher="b.keras", teacher_size=192, out="new"),
+           "results": {"student": {"test": {"accuracy": 0.95}}}}
+    m = ablation.with_baseline_from(new, old)
+    assert m["results"]["baseline"]["test"]["accuracy"] == 0.9 and m["baseline_from"] == "old"
+    assert "baseline" not in new["results"]  # the run's own manifest is left alone
+    try:
+        ablation.with_baseline_from(dict(new, config=dict(new["config"], image_size=128)), old)
+    except SystemExit as e:
+        assert "image_size" in str(e)
+    else:
+        raise AssertionError("a scratch student of another image size was reused")

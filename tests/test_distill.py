@@ -83,7 +83,7 @@ def test_run_writes_models_reports_and_a_reloadable_student(tiny_run):
     for f in ("confusion.png", "curves.png", "split.json", "data_report.json"):
         assert (tiny_run / f).is_file()
     # The default teacher is an ensemble: each member saved and scored alone, the average saved as teacher.keras.
-    assert len(m["results"]["teacher"]["members"]) == m["config"]["teacher_members"] == 2
+    assert [(e["augment"], e["epochs"]) for e in m["results"]["teacher"]["members"]] == [("none", 1), ("geo", 1)]
     assert all((tiny_run / f"teacher_member{i}.keras").is_file() for i in range(2))
     teacher = keras.models.load_model(tiny_run / "teacher.keras")
     assert teacher.get_layer("mean_logits") is not None
@@ -191,5 +191,24 @@ def test_augment_levels():
     assert all(s or f for s, f in zip(same, mirrored)) and any(same) and any(mirrored)
     (xn, _), = stages.make_dataset(x, np.zeros(64, np.int32), batch=64, augment="none").take(1)
     np.testing.assert_array_equal(xn.numpy()[..., 0], xf)
+    # "geo" moves the anatomy but never re-exposes it: a black scan stays black, the border it uncovers is black
+    black = np.zeros((64, 12, 12), np.uint8)
+    (xg, _), = stages.make_dataset(black, np.zeros(64, np.int32), batch=64, augment="geo", seed=1).take(1)
+    assert float(np.abs(xg.numpy()).max()) == 0.0
+    (xg, _), = stages.make_dataset(x, np.zeros(64, np.int32), batch=64, augment="geo", seed=1).take(1)
+    assert not np.array_equal(xg.numpy()[..., 0], xf) and float(xg.numpy().min()) == 0.0
     with pytest.raises(ValueError, match="augment level"):
         stages.augmenter("strong", 0)
+
+
+def test_teacher_member_specs(capsys, tmp_path):
+    from train.config import Config, member_specs
+    from train.run import main
+
+    assert member_specs(Config()) == [("flip", 14), ("flip", 14), ("geo", 24)]
+    assert member_specs(Config(teacher_members="2", teacher_epochs=5, augment="none")) == [("none", 5)] * 2
+    assert member_specs(Config(teacher_members="2", teacher_augment="geo")) == [("geo", 14)] * 2
+    # a bad spec stops the run before any data is read, with one line saying what is wrong
+    assert main(["--teacher-members", "flip:14,rotate:3", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "rotate:3" in err and "AUGMENT:EPOCHS" in err

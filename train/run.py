@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from device.metadata import atomic_write_json
-from train.config import add_flags, from_args
+from train.config import add_flags, from_args, member_specs
 from train.data import DataError, format_report, load_folder, prepare
 
 
@@ -58,7 +58,7 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
 
     tsize = int(t_imgs.x.shape[1])
     fit = dict(cfg=cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, strategy=strategy,
-               label_smoothing=cfg.label_smoothing)
+               label_smoothing=cfg.label_smoothing, augment=cfg.teacher_augment or cfg.augment)
     data = (t_imgs.x[splits.train], y_tr, sw, t_imgs.x[splits.val], imgs.labels[splits.val])
     if cfg.teacher_recipe == "efficientnetb0":
         _log(f"teacher: training EfficientNetB0 at {tsize}px for up to {cfg.teacher_epochs} epochs")
@@ -68,22 +68,29 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         return teacher
     if cfg.teacher_recipe != "ensemble":
         raise DataError(f"unknown teacher recipe '{cfg.teacher_recipe}' (efficientnetb0 | ensemble)")
-    members = []
-    for i in range(cfg.teacher_members):
+    members, specs = [], member_specs(cfg)
+    for i, (aug, epochs) in enumerate(specs):
         path = out / f"teacher_member{i}.keras"
         if path.is_file():
+            m = keras.models.load_model(path)
+            if m.input_shape[1] != tsize:
+                raise DataError(f"{path} takes {m.input_shape[1]}px, this run's teacher {tsize}px: "
+                                f"remove it or pick another --out")
             _log(f"teacher member {i}: loading finished {path}")
-            members.append(keras.models.load_model(path))
+            members.append(m)
             continue
-        _log(f"teacher member {i + 1}/{cfg.teacher_members}: CNN width {cfg.teacher_width:g} at {tsize}px, "
-             f"up to {cfg.teacher_epochs} epochs")
-        # Members differ only by seed (init, data order, augmentation): averaging them cancels their own errors.
-        seed = cfg.seed + 1000 * (i + 1)
+        _log(f"teacher member {i + 1}/{len(specs)}: CNN width {cfg.teacher_width:g} at {tsize}px, "
+             f"'{aug}' augmentation, up to {epochs} epochs")
+        # Members with one spec differ by seed (init, data order, augmentation); members with different
+        # specs also differ by the views they train on. Numbering seeds per spec keeps each member's seed
+        # fixed when members of another spec are added.
+        seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs)))
         keras.utils.set_random_seed(seed)
         with strategy.scope():
             m = build_student(tsize, n, cfg.teacher_width, cfg.student_dropout)
         epoch_times[f"teacher_member{i}"] = stages.fit_classifier(
-            m, *data, stage_dir=out / "stages" / f"teacher_member{i}", seed=seed, **fit)
+            m, *data, stage_dir=out / "stages" / f"teacher_member{i}", seed=seed,
+            **dict(fit, epochs=epochs, augment=aug))
         stages.save_model(m, path)
         members.append(m)
     with strategy.scope():
@@ -109,6 +116,11 @@ def run(cfg) -> int:
     from train.models import build_student, count_macs
     from train.plots import confusion_png, curves_png
 
+    if cfg.teacher_recipe == "ensemble" and not cfg.teacher:
+        try:
+            member_specs(cfg)
+        except ValueError as e:
+            raise DataError(str(e)) from None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
@@ -209,14 +221,16 @@ def run(cfg) -> int:
             entry["epoch_seconds"] = epoch_times[name]
         results[name] = entry
     # An ensemble teacher: how much each member scores alone, so the ensemble's gain is visible.
-    member_files = ([out / f"teacher_member{i}.keras" for i in range(cfg.teacher_members)]
+    member_files = ([out / f"teacher_member{i}.keras" for i in range(len(member_specs(cfg)))]
                     if cfg.teacher_recipe == "ensemble" and not cfg.teacher else [])
     if len(member_files) > 1:
         results["teacher"]["members"] = []
         for f in member_files:
             probs = softmax(stages.predict_logits(keras.models.load_model(f), t_timgs.x[splits.test]))
+            aug, epochs = member_specs(cfg)[len(results["teacher"]["members"])]
             results["teacher"]["members"].append(
-                {"file": f.name, "test_accuracy": summarize(timgs.labels[splits.test], probs, classes)["accuracy"]})
+                {"file": f.name, "augment": aug, "epochs": epochs,
+                 "test_accuracy": summarize(timgs.labels[splits.test], probs, classes)["accuracy"]})
     confusion_png({k: v["test"]["confusion"] for k, v in results.items()}, classes, out / "confusion.png")
     curves_png({k: stages.read_history(out / "stages" / k) for k in results}, out / "curves.png")
     kd_gain = None

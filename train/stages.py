@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from device.metadata import atomic_write_bytes
+from train.config import AUGMENT_LEVELS
 from train.distill import Distiller
 
 # Progress bars on a terminal, one line per epoch in logs (nohup, CI).
@@ -30,11 +31,11 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-AUGMENT_LEVELS = ("none", "flip", "full")
 
 
 def augmenter(level: str, seed: int) -> keras.Sequential | None:
-    """MRI-appropriate, label-preserving: left/right flip; "full" adds small pose changes and scanner gain.
+    """MRI-appropriate, label-preserving: left/right flip; "geo" adds small pose changes (rotation, zoom,
+    shift; the uncovered border stays black like the scan's background); "full" adds scanner gain too.
 
     "flip" is the only view change that flip-TTA cached teacher logits are exactly valid for, so it is
     the level where cached distillation targets match what the student sees (docs/teacher.md).
@@ -45,14 +46,16 @@ def augmenter(level: str, seed: int) -> keras.Sequential | None:
         return None
     if level == "flip":
         return keras.Sequential([keras.layers.RandomFlip("horizontal", seed=seed)], name="augment")
-    return keras.Sequential([
+    layers = [
         keras.layers.RandomFlip("horizontal", seed=seed),
         keras.layers.RandomRotation(0.04, fill_mode="constant", seed=seed + 1),
         keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
         keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 3),
-        keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4),
-        keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 5),
-    ], name="augment")
+    ]
+    if level == "full":
+        layers += [keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4),
+                   keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 5)]
+    return keras.Sequential(layers, name="augment")
 
 
 def _pixels(x):
@@ -110,7 +113,7 @@ def _callbacks(stage_dir: Path, patience: int):
 
 
 def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strategy, label_smoothing=0.0,
-                   seed=None, extra_callbacks=()):
+                   seed=None, augment=None, extra_callbacks=()):
     """Plain supervised training (the teacher)."""
     n = model.output_shape[-1]
     steps = max(len(x) // cfg.batch_size, 1)
@@ -120,7 +123,7 @@ def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strat
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=False)
     onehot = np.eye(n, dtype=np.float32)
     seed = cfg.seed if seed is None else seed
-    train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed)
+    train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=augment or cfg.augment, seed=seed)
     val_ds = make_dataset(xv, onehot[yv], batch=cfg.batch_size)
     timer, cbs = _callbacks(Path(stage_dir), cfg.patience)
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=VERBOSE)
