@@ -73,6 +73,10 @@ def report(args, pairs, sweep, command) -> str:
                      f"**{mean_sd([p['baseline'] for p in pairs])}** | **{mean_sd(gains)}** | "
                      f"{mean_sd([p['student_val'] for p in pairs])} | {mean_sd([p['baseline_val'] for p in pairs])} |")
         lines += ["", f"KD gain on validation: {mean_sd([p['student_val'] - p['baseline_val'] for p in pairs])} points."]
+        reused = [f"seed {p['seed']} from `{p['baseline_from']}`" for p in pairs if p.get("baseline_from")]
+        if reused:
+            lines += ["", "Scratch students reused from an earlier run with the same student config (they do not "
+                      "depend on the teacher): " + ", ".join(reused) + "."]
     if sweep:
         seed = sweep[0]["seed"]
         base = next((p["baseline"] for p in pairs if p["seed"] == seed), None)
@@ -127,7 +131,7 @@ def main(argv=None) -> int:
         return {"seed": m["config"]["seed"], "run": m["run"], "student": acc(m, "student"),
                 "baseline": acc(m, "baseline"), "teacher": acc(m, "teacher"),
                 "student_val": acc(m, "student", "val"), "baseline_val": acc(m, "baseline", "val"),
-                "alpha": m["config"]["alpha"], "T": m["config"]["temperature"]}
+                "alpha": m["config"]["alpha"], "T": m["config"]["temperature"], "baseline_from": m.get("baseline_from")}
 
     def write():
         atomic_write_bytes(docs / "ablation.md", report(args, pairs, sweep, command).encode())
