@@ -71,8 +71,8 @@ class Config:
 PRESETS = {
     # Embedded default: synthetic phantoms (800 training images), small images, a few minutes on 2 cores.
     "synthetic": dict(data="data/synthetic/Training", test_data="data/synthetic/Testing",
-                      image_size=64, teacher_size=0, teacher_members="3", teacher_epochs=15, student_epochs=15, batch_size=32,
-                      patience=6),
+                      image_size=64, teacher_size=0, teacher_members="3", teacher_epochs=15, student_epochs=15,
+                      batch_size=32, patience=6),
     "real": {},
 }
 
