@@ -221,13 +221,12 @@ def run(cfg) -> int:
             entry["epoch_seconds"] = epoch_times[name]
         results[name] = entry
     # An ensemble teacher: how much each member scores alone, so the ensemble's gain is visible.
-    member_files = ([out / f"teacher_member{i}.keras" for i in range(len(member_specs(cfg)))]
-                    if cfg.teacher_recipe == "ensemble" and not cfg.teacher else [])
+    specs = member_specs(cfg) if cfg.teacher_recipe == "ensemble" and not cfg.teacher else []
+    member_files = [out / f"teacher_member{i}.keras" for i in range(len(specs))]
     if len(member_files) > 1:
         results["teacher"]["members"] = []
-        for f in member_files:
+        for f, (aug, epochs) in zip(member_files, specs):
             probs = softmax(stages.predict_logits(keras.models.load_model(f), t_timgs.x[splits.test]))
-            aug, epochs = member_specs(cfg)[len(results["teacher"]["members"])]
             results["teacher"]["members"].append(
                 {"file": f.name, "augment": aug, "epochs": epochs,
                  "test_accuracy": summarize(timgs.labels[splits.test], probs, classes)["accuracy"]})
