@@ -61,6 +61,47 @@ def test_teacher_stays_frozen_and_student_learns(cached):
     assert any(not np.array_equal(a, b) for a, b in zip(before_s, student.get_weights()))
 
 
+def test_consistent_teacher_scores_the_very_batch_the_student_sees():
+    """Consistent teaching: the KD term uses the teacher's logits on the (augmented) batch given to the
+    student, resized to the teacher's input size, not logits of some other view."""
+    from train import stages
+
+    keras.utils.set_random_seed(0)
+    teacher, student = _teacher(8), build_student(16, 4, width=0.25)
+    x = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 1)).astype(np.float32)
+    y = np.arange(6) % 4
+    resized = stages._resized(teacher, 16, 8)
+    d = Distiller(student, resized, temperature=2.0, alpha=0.3)
+    s_logits = student(x, training=False)
+    t_logits = teacher(keras.layers.Resizing(8, 8, interpolation="bilinear")(x))
+    expected = np.mean(distillation_loss(y, s_logits, t_logits, 2.0, 0.3))
+    got = float(d.compute_loss(x, y, s_logits, training=True))
+    assert got == pytest.approx(float(expected), rel=1e-5)
+    # a mirrored batch gets the mirrored batch's teacher logits (the teacher is not symmetric)
+    xm = x[:, :, ::-1]
+    s_m = student(xm, training=False)
+    t_m = teacher(keras.layers.Resizing(8, 8, interpolation="bilinear")(xm))
+    assert float(d.compute_loss(xm, y, s_m, training=True)) == pytest.approx(
+        float(np.mean(distillation_loss(y, s_m, t_m, 2.0, 0.3))), rel=1e-5)
+    assert float(d.compute_loss(xm, y, s_m, training=True)) != pytest.approx(
+        float(np.mean(distillation_loss(y, s_m, t_logits, 2.0, 0.3))), rel=1e-3)
+
+
+def test_consistent_mode_runs_end_to_end_without_cached_logits(tiny_run, phantoms, tmp_path):
+    """The default real-data recipe's student stage: geo views, teacher (another input size) on every batch."""
+    from train.run import run
+
+    cfg = tiny_config(phantoms, tmp_path, teacher=str(tiny_run / "teacher.keras"), teacher_mode="consistent",
+                      augment="geo", student_epochs=2, baseline=False, alpha=0.5)
+    assert run(cfg) == 0
+    out = tmp_path / "run"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["teacher_mode"] == "consistent" and "teacher_logits" not in m["seconds"]
+    assert not list(out.glob("teacher_logits_*.npy"))
+    assert len(m["epoch_seconds"]["student"]) == 2
+    assert keras.models.load_model(out / "student.keras").input_shape[1] == cfg.image_size
+
+
 def test_student_is_small_int8_friendly_and_far_cheaper_than_teacher():
     from train.models import build_teacher
 

@@ -167,6 +167,10 @@ def run(cfg) -> int:
 
     # ---- teacher logits (cache mode) -------------------------------------------------------
     teacher_logits = None
+    if cfg.teacher_mode == "cache" and cfg.alpha < 1.0 and cfg.augment not in ("none", "flip"):
+        # Cached logits belong to the clean (and flipped) image; with pose changes they describe another view.
+        _log(f"warning: cached teacher logits with '{cfg.augment}' augmentation do not match the views the "
+             f"student sees (docs/teacher.md); use --teacher-mode consistent or --augment flip")
     if cfg.teacher_mode == "cache" and cfg.alpha < 1.0:
         t0 = time.time()
         # Keyed by which teacher(s) produced them, so a different --teacher never reuses stale logits.
