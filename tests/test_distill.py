@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -253,3 +254,55 @@ def test_teacher_member_specs(capsys, tmp_path):
     assert main(["--teacher-members", "flip:14,rotate:3", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "rotate:3" in err and "AUGMENT:EPOCHS" in err
+
+
+def test_out_of_fold_logits_come_only_from_members_that_never_saw_the_image():
+    from train.run import fold_ids, oof_logits
+
+    y = np.repeat(np.arange(4), [10, 7, 5, 9])
+    folds = fold_ids(y, 3, seed=0)
+    assert np.array_equal(folds, fold_ids(y, 3, seed=0)) and not np.array_equal(folds, fold_ids(y, 3, seed=1))
+    for c in range(4):  # stratified: each class spread evenly over the folds
+        counts = np.bincount(folds[y == c], minlength=3)
+        assert counts.max() - counts.min() <= 1
+    # member i left out fold i % 3; give each member constant logits equal to its index
+    members = [np.full((len(y), 4), float(i), np.float32) for i in range(5)]
+    z = oof_logits(members, folds, 3)
+    expected = {0: (0 + 3) / 2, 1: (1 + 4) / 2, 2: 2.0}
+    for f, v in expected.items():
+        assert np.all(z[folds == f] == v)
+
+
+def test_fold_teacher_run_trains_members_on_the_other_folds(phantoms, tmp_path, capsys, monkeypatch):
+    from train import stages
+    from train.run import main, run
+
+    seen = []
+    fit = stages.fit_classifier
+    monkeypatch.setattr(stages, "fit_classifier", lambda m, x, *a, **k: seen.append(len(x)) or fit(m, x, *a, **k))
+    cfg = tiny_config(phantoms, tmp_path, teacher_folds=2, student_epochs=1, baseline=False)
+    assert run(cfg) == 0
+    out = tmp_path / "run"
+    m = json.loads((out / "manifest.json").read_text())
+    n_train = len(json.loads((out / "split.json").read_text())["train"])
+    infos = [json.loads((out / f"teacher_member{i}.json").read_text()) for i in range(2)]
+    assert [(i["folds"], i["left_out_fold"]) for i in infos] == [(2, 0), (2, 1)]
+    # with 2 folds the members trained on complementary halves of the training split
+    assert len(seen) == 2 and sum(seen) == n_train and min(seen) >= n_train // 2 - 4
+    logits = list(out.glob("teacher_logits_tta_oof2_*.npy"))
+    assert len(logits) == 1 and np.load(logits[0]).shape == (n_train, 4)
+    cl = m["results"]["teacher"]["cached_logits"]
+    assert cl["out_of_fold"] and cl["folds"] == 2 and 0.0 <= cl["train_accuracy"] <= 1.0
+    # members trained on folds, copied into another run, are not silently reused as whole-split members
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in ("teacher_member0.keras", "teacher_member0.json"):
+        shutil.copy(out / f, other / f)
+    argv = ["--data", cfg.data, "--test-data", cfg.test_data, "--image-size", "48", "--teacher-size", "32",
+            "--teacher-members", "none:1,geo:1", "--cache-dir", cfg.cache_dir, "--out", str(other)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--teacher-folds 2" in err
+    # and a fold count the members cannot cover is refused before any work
+    assert main(argv[:-1] + [str(tmp_path / "o2"), "--teacher-folds", "3"]) == 2
+    assert "--teacher-folds 3" in capsys.readouterr().err

@@ -35,6 +35,10 @@ class Config:
     # see different views disagree more, so their average gains more: two flip members plus one "geo" member
     # beat three flip members by ~1 point on validation and test (docs/teacher.md).
     teacher_members: str = "flip:14,flip:14,geo:24"
+    # 0: every member trains on the whole training split. K >= 2: member i leaves out fold i % K, and each
+    # training image's cached logits average only the members that never saw it (out-of-fold), so the soft
+    # targets carry the teacher's real uncertainty instead of its memorised labels (docs/teacher.md).
+    teacher_folds: int = 0
     teacher_width: float = 1.0
     teacher_weights: str = "none"  # none | imagenet | PATH to EfficientNetB0 weights
     teacher_epochs: int = 14

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -49,8 +50,42 @@ def class_weights(labels, n) -> np.ndarray:
     return (len(labels) / (n * np.maximum(counts, 1))).astype(np.float32)
 
 
-def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times):
-    """EfficientNetB0, or an ensemble of CNNs whose logits are averaged (each member resumable on its own)."""
+def fold_ids(labels, k: int, seed: int) -> np.ndarray:
+    """Stratified folds: each class's images, shuffled with the seed, dealt round-robin into k folds."""
+    folds = np.zeros(len(labels), np.int64)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        folds[rng.permutation(idx)] = np.arange(len(idx)) % k
+    return folds
+
+
+def check_folds(cfg) -> None:
+    k = cfg.teacher_folds
+    if not k:
+        return
+    if cfg.teacher or cfg.teacher_recipe != "ensemble" or cfg.teacher_mode != "cache":
+        raise DataError("--teacher-folds needs the run's own ensemble members and cached logits "
+                        "(no --teacher, --teacher-recipe ensemble, --teacher-mode cache)")
+    if k < 2 or k > len(member_specs(cfg)):
+        raise DataError(f"--teacher-folds {k}: want 0 or 2..{len(member_specs(cfg))} (at most one fold per "
+                        f"member, so that every training image has a member that never saw it)")
+
+
+def oof_logits(member_logits: list[np.ndarray], folds: np.ndarray, k: int) -> np.ndarray:
+    """Each image's logits averaged over the members that left its fold out (member i leaves out i % k)."""
+    out = np.zeros_like(member_logits[0])
+    for f in range(k):
+        rows = folds == f
+        out[rows] = np.mean([z[rows] for i, z in enumerate(member_logits) if i % k == f], axis=0)
+    return out
+
+
+def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times, folds=None):
+    """EfficientNetB0, or an ensemble of CNNs whose logits are averaged (each member resumable on its own).
+
+    folds (with cfg.teacher_folds = K): member i trains on the training images outside fold i % K.
+    """
     import keras
 
     from train import stages
@@ -71,27 +106,41 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
     members, specs = [], member_specs(cfg)
     for i, (aug, epochs) in enumerate(specs):
         path = out / f"teacher_member{i}.keras"
+        # Members with one spec differ by seed (init, data order, augmentation); members with different
+        # specs also differ by the views they train on. Numbering seeds per spec keeps each member's seed
+        # fixed when members of another spec are added.
+        seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs)))
+        k = cfg.teacher_folds
+        info = {"augment": aug, "epochs": epochs, "seed": seed, "folds": k, "left_out_fold": i % k if k else None}
+        info_path = path.with_suffix(".json")
         if path.is_file():
             m = keras.models.load_model(path)
             if m.input_shape[1] != tsize:
                 raise DataError(f"{path} takes {m.input_shape[1]}px, this run's teacher {tsize}px: "
+                                f"remove it or pick another --out")
+            # Without a record (runs before folds existed) a member is taken as trained on everything.
+            old = json.loads(info_path.read_text()) if info_path.is_file() else {"folds": 0, "left_out_fold": None}
+            if (old.get("folds"), old.get("left_out_fold")) != (k, info["left_out_fold"]):
+                raise DataError(f"{path} was trained with --teacher-folds {old.get('folds')} (left out fold "
+                                f"{old.get('left_out_fold')}), this run wants {k} ({info['left_out_fold']}): "
                                 f"remove it or pick another --out")
             _log(f"teacher member {i}: loading finished {path}")
             members.append(m)
             continue
         _log(f"teacher member {i + 1}/{len(specs)}: CNN width {cfg.teacher_width:g} at {tsize}px, "
              f"'{aug}' augmentation, up to {epochs} epochs")
-        # Members with one spec differ by seed (init, data order, augmentation); members with different
-        # specs also differ by the views they train on. Numbering seeds per spec keeps each member's seed
-        # fixed when members of another spec are added.
-        seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs)))
         keras.utils.set_random_seed(seed)
         with strategy.scope():
             m = build_student(tsize, n, cfg.teacher_width, cfg.student_dropout)
+        mdata = data
+        if k:
+            keep = folds != i % k
+            mdata = (data[0][keep], data[1][keep], data[2][keep], *data[3:])
         epoch_times[f"teacher_member{i}"] = stages.fit_classifier(
-            m, *data, stage_dir=out / "stages" / f"teacher_member{i}", seed=seed,
+            m, *mdata, stage_dir=out / "stages" / f"teacher_member{i}", seed=seed,
             **dict(fit, epochs=epochs, augment=aug))
         stages.save_model(m, path)
+        atomic_write_json(info_path, info)
         members.append(m)
     with strategy.scope():
         return stages.ensemble(members, tsize) if len(members) > 1 else members[0]
@@ -121,6 +170,7 @@ def run(cfg) -> int:
             member_specs(cfg)
         except ValueError as e:
             raise DataError(str(e)) from None
+    check_folds(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
@@ -143,6 +193,7 @@ def run(cfg) -> int:
         t_imgs, t_timgs = imgs, timgs
     y_tr = imgs.labels[splits.train]
     sw = class_weights(y_tr, n)[y_tr] if cfg.class_balance else np.ones(len(y_tr), np.float32)
+    folds = fold_ids(y_tr, cfg.teacher_folds, cfg.split_seed) if cfg.teacher_folds else None
 
     strategy = stages.make_strategy(cfg.strategy)
     results, times, epoch_times = {}, {}, {}
@@ -161,7 +212,7 @@ def run(cfg) -> int:
             # Several teachers: one model whose logits are the members' mean.
             teacher = members[0] if len(members) == 1 else stages.ensemble(members, tsize)
     else:
-        teacher = train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times)
+        teacher = train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times, folds)
         stages.save_model(teacher, teacher_path)
     times["teacher"] = time.time() - t0
 
@@ -175,12 +226,21 @@ def run(cfg) -> int:
         t0 = time.time()
         # Keyed by which teacher(s) produced them, so a different --teacher never reuses stale logits.
         tag = hashlib.sha256("|".join(f"{p.resolve()}:{p.stat().st_mtime_ns}" for p in teacher_paths).encode())
-        logit_file = out / f"teacher_logits_{'tta' if cfg.tta else 'plain'}_{tag.hexdigest()[:10]}.npy"
+        kind = ("tta" if cfg.tta else "plain") + (f"_oof{cfg.teacher_folds}" if folds is not None else "")
+        logit_file = out / f"teacher_logits_{kind}_{tag.hexdigest()[:10]}.npy"
         if logit_file.is_file() and len(np.load(logit_file)) == len(splits.train):
             teacher_logits = np.load(logit_file)
+        elif folds is not None:
+            x_tr = t_imgs.x[splits.train]
+            per_member = [stages.predict_logits(keras.models.load_model(out / f"teacher_member{i}.keras"), x_tr,
+                                                tta=cfg.tta) for i in range(len(member_specs(cfg)))]
+            teacher_logits = oof_logits(per_member, folds, cfg.teacher_folds)
+            stages.atomic_save_npy(logit_file, teacher_logits)
         else:
             teacher_logits = stages.predict_logits(teacher, t_imgs.x[splits.train], tta=cfg.tta)
             stages.atomic_save_npy(logit_file, teacher_logits)
+        # How well the soft targets themselves classify the training images (~100% when memorised).
+        logits_train_accuracy = float(np.mean(teacher_logits.argmax(1) == y_tr))
         times["teacher_logits"] = time.time() - t0
         _log(f"teacher logits cached for {len(teacher_logits)} training images ({times['teacher_logits']:.1f}s)")
 
@@ -224,6 +284,9 @@ def run(cfg) -> int:
         if name in epoch_times:
             entry["epoch_seconds"] = epoch_times[name]
         results[name] = entry
+    if teacher_logits is not None:
+        results["teacher"]["cached_logits"] = {"out_of_fold": folds is not None, "folds": cfg.teacher_folds,
+                                               "train_accuracy": logits_train_accuracy}
     # An ensemble teacher: how much each member scores alone, so the ensemble's gain is visible.
     specs = member_specs(cfg) if cfg.teacher_recipe == "ensemble" and not cfg.teacher else []
     member_files = [out / f"teacher_member{i}.keras" for i in range(len(specs))]
