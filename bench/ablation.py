@@ -36,12 +36,14 @@ def train(args, out: Path, extra) -> dict:
 TEACHER_ONLY = {"teacher", "teacher_recipe", "teacher_members", "teacher_folds", "teacher_width", "teacher_weights",
                 "teacher_epochs", "teacher_lr", "teacher_dropout", "teacher_size", "teacher_augment", "label_smoothing",
                 "temperature", "alpha", "teacher_mode", "tta", "baseline", "out"}
+# Config fields that change where files go, not what is trained.
+NO_EFFECT = {"cache_dir"}
 
 
 def with_baseline_from(m: dict, old: dict) -> dict:
     """m (a --no-baseline run) plus the scratch student of an earlier run with the same student config."""
     diff = sorted(k for k in set(m["config"]) | set(old["config"])
-                  if k not in TEACHER_ONLY and m["config"].get(k) != old["config"].get(k))
+                  if k not in TEACHER_ONLY | NO_EFFECT and m["config"].get(k) != old["config"].get(k))
     if diff:
         raise SystemExit(f"error: cannot reuse the scratch student of {old['config']['out']}: "
                          f"config differs in {', '.join(diff)}")
@@ -110,7 +112,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--teacher", required=True, help="trained teacher .keras (reused by every run)")
     p.add_argument("--seeds", default="1,2")
-    p.add_argument("--extra-run", action="append", default=[], help="finished run folders to include as seeds")
+    p.add_argument("--extra-run", action="append", default=[],
+                   help="finished run folders to include as seeds (a --no-baseline run takes its seed's scratch "
+                        "student from --reuse-baselines)")
     p.add_argument("--sweep", action="store_true", help="also the T x alpha grid (first seed, no baseline)")
     p.add_argument("--temperatures", default="2,4,8")
     p.add_argument("--alphas", default="0.1,0.5")
@@ -139,11 +143,23 @@ def main(argv=None) -> int:
         if sweep:
             plot(pairs, sweep, docs / "kd_sweep.png")
 
-    pairs += [pair(json.loads((Path(r) / "manifest.json").read_text())) for r in args.extra_run]
+    def earlier_baseline(seed):
+        f = Path(args.reuse_baselines) / f"seed{seed}" / "manifest.json" if args.reuse_baselines else None
+        return f if f is not None and f.is_file() else None
+
+    for r in args.extra_run:
+        m = json.loads((Path(r) / "manifest.json").read_text())
+        if "baseline" not in m["results"]:  # a --no-baseline run: its seed's scratch student from the earlier one
+            old = earlier_baseline(m["config"]["seed"])
+            if old is None:
+                raise SystemExit(f"error: {r} has no scratch student and --reuse-baselines has none for seed "
+                                 f"{m['config']['seed']}")
+            m = with_baseline_from(m, json.loads(old.read_text()))
+        pairs.append(pair(m))
     seeds = [int(x) for x in args.seeds.split(",") if x]
     for s in seeds:
-        old = Path(args.reuse_baselines) / f"seed{s}" / "manifest.json" if args.reuse_baselines else None
-        if old is not None and old.is_file():
+        old = earlier_baseline(s)
+        if old is not None:
             m = train(args, out / f"seed{s}", ["--seed", str(s), "--no-baseline"])
             pairs.append(pair(with_baseline_from(m, json.loads(old.read_text()))))
         else:

@@ -42,3 +42,28 @@ def test_scratch_student_is_reused_only_when_its_config_matches():
         assert "image_size" in str(e)
     else:
         raise AssertionError("a scratch student of another image size was reused")
+
+
+def test_extra_run_without_baseline_takes_its_seeds_scratch_student(tmp_path):
+    kd = tmp_path / "kd"
+    kd.mkdir()
+    res = {k: {"test": {"accuracy": v}, "val": {"accuracy": v}} for k, v in (("student", 0.95), ("teacher", 0.96))}
+    cfg = {"seed": 7, "alpha": 0.3, "temperature": 4.0, "teacher_folds": 4, "out": str(kd)}
+    (kd / "manifest.json").write_text(json.dumps({"run": "kd", "config": cfg, "results": res}))
+    base = tmp_path / "base" / "seed7"
+    base.mkdir(parents=True)
+    (base / "manifest.json").write_text(json.dumps({"run": "seed7", "config": dict(cfg, teacher_folds=0, out="b"),
+                                                    "results": {"baseline": res["student"] | {
+                                                        "test": {"accuracy": 0.92}, "val": {"accuracy": 0.93}}}}))
+    docs = tmp_path / "docs"
+    argv = ["--data", "unused", "--teacher", "unused", "--seeds", "", "--docs", str(docs), "--out",
+            str(tmp_path / "o"), "--extra-run", str(kd)]
+    try:
+        ablation.main(argv)
+    except SystemExit as e:
+        assert "no scratch student" in str(e)
+    else:
+        raise AssertionError("a run without a scratch student was reported")
+    assert ablation.main(argv + ["--reuse-baselines", str(tmp_path / "base")]) == 0
+    md = (docs / "ablation.md").read_text()
+    assert "| 7 | 96.00 | 95.00 | 92.00 | +3.00 |" in md and "seed 7 from `b`" in md
