@@ -111,7 +111,8 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         # fixed when members of another spec are added.
         seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs)))
         k = cfg.teacher_folds
-        info = {"augment": aug, "epochs": epochs, "seed": seed, "folds": k, "left_out_fold": i % k if k else None}
+        info = {"augment": aug, "epochs": epochs, "seed": seed, "folds": k, "left_out_fold": i % k if k else None,
+                "fold_seed": cfg.split_seed if k else None}
         info_path = path.with_suffix(".json")
         if path.is_file():
             m = keras.models.load_model(path)
@@ -120,7 +121,8 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
                                 f"remove it or pick another --out")
             # Without a record (runs before folds existed) a member is taken as trained on everything.
             old = json.loads(info_path.read_text()) if info_path.is_file() else {"folds": 0, "left_out_fold": None}
-            if (old.get("folds"), old.get("left_out_fold")) != (k, info["left_out_fold"]):
+            if [old.get(f) for f in ("folds", "left_out_fold", "fold_seed")] != [k, info["left_out_fold"],
+                                                                                  info["fold_seed"]]:
                 raise DataError(f"{path} was trained with --teacher-folds {old.get('folds')} (left out fold "
                                 f"{old.get('left_out_fold')}), this run wants {k} ({info['left_out_fold']}): "
                                 f"remove it or pick another --out")
@@ -231,9 +233,11 @@ def run(cfg) -> int:
         if logit_file.is_file() and len(np.load(logit_file)) == len(splits.train):
             teacher_logits = np.load(logit_file)
         elif folds is not None:
+            files = [out / f"teacher_member{i}.keras" for i in range(len(member_specs(cfg)))]
+            if not all(f.is_file() for f in files):
+                raise DataError(f"out-of-fold logits need the member files {files[0].name}.. in {out}")
             x_tr = t_imgs.x[splits.train]
-            per_member = [stages.predict_logits(keras.models.load_model(out / f"teacher_member{i}.keras"), x_tr,
-                                                tta=cfg.tta) for i in range(len(member_specs(cfg)))]
+            per_member = [stages.predict_logits(keras.models.load_model(f), x_tr, tta=cfg.tta) for f in files]
             teacher_logits = oof_logits(per_member, folds, cfg.teacher_folds)
             stages.atomic_save_npy(logit_file, teacher_logits)
         else:
