@@ -1,0 +1,51 @@
+"""How much the cached soft targets of a run say beyond the labels (real data, leakage-checked split).
+
+    PYTHONPATH=. python tools/soft_target_stats.py artifacts/hetero artifacts/fold4
+
+Per run: accuracy of its cached teacher logits on the training images and the mean probability of the true
+class at T 1 and T 4 (a memorised teacher: ~100% and ~1.0), the same for the run's teacher on the validation
+images (flip-TTA, as cached), and for a fold run how many training images have a near or exact duplicate in
+another fold (their "out-of-fold" targets are not quite out of fold).
+"""
+import json
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from train import stages
+from train.config import Config
+from train.data import load_folder, nearest_distance, prepare
+from train.run import fold_ids
+
+
+def p_true(z, y, t):
+    p = np.exp(z / t - (z / t).max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return float(p[np.arange(len(y)), y].mean())
+
+
+def line(name, z, y):
+    return (f"{name}: accuracy {100 * np.mean(z.argmax(1) == y):.2f}%, p(true) {p_true(z, y, 1):.3f} at T 1, "
+            f"{p_true(z, y, 4):.3f} at T 4")
+
+
+for run in map(Path, sys.argv[1:]):
+    cfg = json.loads((run / "manifest.json").read_text())["config"]
+    c = Config(data=cfg["data"], image_size=cfg["image_size"], split_seed=cfg["split_seed"])
+    s = prepare(c, log=lambda *a, **k: None)
+    y_tr = s.images.labels[s.train]
+    print(run)
+    for f in sorted(run.glob("teacher_logits_*.npy")):
+        print("  " + line(f"cached {f.name} on training images", np.load(f), y_tr))
+    teacher = keras.models.load_model(run / "teacher.keras")
+    x = load_folder(c.data, teacher.input_shape[1], c.cache_dir).x
+    print("  " + line("teacher on validation images", stages.predict_logits(teacher, x[s.val], tta=True),
+                      s.images.labels[s.val]))
+    k = cfg.get("teacher_folds") or 0
+    if k:
+        folds, th = fold_ids(y_tr, k, cfg["split_seed"]), s.images.thumbs[s.train]
+        n = sum(int((nearest_distance(th[folds == f], th[folds != f])[0] < c.near_dup_threshold).sum())
+                for f in range(k))
+        print(f"  training images with a near or exact duplicate in another fold: {n} of {len(y_tr)}")
