@@ -217,6 +217,9 @@ def run(cfg) -> int:
         teacher = train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times, folds)
         stages.save_model(teacher, teacher_path)
     times["teacher"] = time.time() - t0
+    # This run's own ensemble members (none when the teacher came from --teacher or is EfficientNetB0).
+    specs = member_specs(cfg) if cfg.teacher_recipe == "ensemble" and not cfg.teacher else []
+    member_files = [out / f"teacher_member{i}.keras" for i in range(len(specs))]
 
     # ---- teacher logits (cache mode) -------------------------------------------------------
     teacher_logits = None
@@ -233,11 +236,10 @@ def run(cfg) -> int:
         if logit_file.is_file() and len(np.load(logit_file)) == len(splits.train):
             teacher_logits = np.load(logit_file)
         elif folds is not None:
-            files = [out / f"teacher_member{i}.keras" for i in range(len(member_specs(cfg)))]
-            if not all(f.is_file() for f in files):
-                raise DataError(f"out-of-fold logits need the member files {files[0].name}.. in {out}")
+            if not all(f.is_file() for f in member_files):
+                raise DataError(f"out-of-fold logits need the member files {member_files[0].name}.. in {out}")
             x_tr = t_imgs.x[splits.train]
-            per_member = [stages.predict_logits(keras.models.load_model(f), x_tr, tta=cfg.tta) for f in files]
+            per_member = [stages.predict_logits(keras.models.load_model(f), x_tr, tta=cfg.tta) for f in member_files]
             teacher_logits = oof_logits(per_member, folds, cfg.teacher_folds)
             stages.atomic_save_npy(logit_file, teacher_logits)
         else:
@@ -292,8 +294,6 @@ def run(cfg) -> int:
         results["teacher"]["cached_logits"] = {"out_of_fold": folds is not None, "folds": cfg.teacher_folds,
                                                "train_accuracy": logits_train_accuracy}
     # An ensemble teacher: how much each member scores alone, so the ensemble's gain is visible.
-    specs = member_specs(cfg) if cfg.teacher_recipe == "ensemble" and not cfg.teacher else []
-    member_files = [out / f"teacher_member{i}.keras" for i in range(len(specs))]
     if len(member_files) > 1:
         results["teacher"]["members"] = []
         for f, (aug, epochs) in zip(member_files, specs):

@@ -31,8 +31,6 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-
-
 def augmenter(level: str, seed: int) -> keras.Sequential | None:
     """MRI-appropriate, label-preserving: left/right flip; "geo" adds small pose changes (rotation, zoom,
     shift; the uncovered border stays black like the scan's background); "full" adds scanner gain too.
