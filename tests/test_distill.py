@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import ROOT, tiny_config
-from train.distill import Distiller, distillation_loss
+from train.distill import Distiller, decoupled_kl, distillation_loss
 from train.models import build_student, count_macs
 
 
@@ -37,6 +37,39 @@ def test_loss_matches_hand_computation_including_t_squared():
     assert float(ld.compute_loss(t, s)) == pytest.approx(T * T * kl, rel=1e-4)
     # alpha = 1 is plain cross-entropy (the baseline).
     assert float(distillation_loss(y, s, t, T, 1.0)[0]) == pytest.approx(ce, rel=1e-5)
+
+
+def test_dkd_splits_the_kl_into_target_and_non_target_terms():
+    rng = np.random.default_rng(0)
+    s = rng.normal(0, 3, (6, 4)).astype(np.float32)
+    t = rng.normal(0, 3, (6, 4)).astype(np.float32)
+    t[0] = [30.0, -20.0, 0.0, 5.0]  # a very confident teacher: the masked softmax must not underflow to nan
+    y = np.array([0, 1, 2, 3, 0, 1])
+    T, alpha = 4.0, 0.3
+
+    def sm(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    pt, ps = sm(t / T), sm(s / T)
+    tckd, nckd = (np.asarray(v) for v in decoupled_kl(y, s, t, T))
+    kl = (pt * np.log(pt / ps)).sum(-1)
+    # Zhao et al. 2022, eq. 5: KL = TCKD + (1 - p_teacher[true]) * NCKD
+    p_true = pt[np.arange(6), y]
+    assert tckd + (1 - p_true) * nckd == pytest.approx(kl, rel=1e-4, abs=1e-6)
+    # NCKD by hand: both distributions renormalised over the wrong classes
+    mask = np.eye(4, dtype=bool)[y]
+    qt = np.where(mask, 0, pt) / (1 - p_true)[:, None]
+    qs = np.where(mask, 0, ps) / (1 - ps[np.arange(6), y])[:, None]
+    by_hand = np.where(mask, 0, qt * np.log(np.where(mask, 1, qt) / np.where(mask, 1, qs))).sum(-1)
+    assert nckd == pytest.approx(by_hand, rel=1e-4, abs=1e-6)
+    # the loss weights NCKD by beta instead, and beta None is plain Hinton KD
+    ce = -np.log(sm(s)[np.arange(6), y])
+    got = np.asarray(distillation_loss(y, s, t, T, alpha, beta=8.0))
+    assert got == pytest.approx(alpha * ce + (1 - alpha) * T * T * (tckd + 8.0 * nckd), rel=1e-4)
+    hinton = np.asarray(distillation_loss(y, s, t, T, alpha))
+    assert hinton == pytest.approx(alpha * ce + (1 - alpha) * T * T * kl, rel=1e-4)
+    assert np.all(np.isfinite(got))
 
 
 def _teacher(size):
@@ -101,6 +134,33 @@ def test_consistent_mode_runs_end_to_end_without_cached_logits(tiny_run, phantom
     assert not list(out.glob("teacher_logits_*.npy"))
     assert len(m["epoch_seconds"]["student"]) == 2
     assert keras.models.load_model(out / "student.keras").input_shape[1] == cfg.image_size
+
+
+def test_dkd_flag_reaches_the_distiller_and_only_the_distilled_student(tiny_run, phantoms, tmp_path, monkeypatch):
+    from train import stages
+    from train.run import run
+
+    betas = []
+
+    class Recording(Distiller):
+        def compute_loss(self, *a, **kw):
+            betas.append(self.beta)
+            return super().compute_loss(*a, **kw)
+
+    monkeypatch.setattr(stages, "Distiller", Recording)
+    cfg = tiny_config(phantoms, tmp_path, teacher=str(tiny_run / "teacher.keras"), kd_loss="dkd", dkd_beta=2.5,
+                      student_epochs=1)
+    assert run(cfg) == 0
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["config"]["kd_loss"] == "dkd" and m["config"]["dkd_beta"] == 2.5
+    # the run's distillers get beta 2.5 (the baseline's alpha 1 leaves it no KD term to weigh)
+    assert set(betas) == {2.5}
+    assert "baseline" in m["results"]
+    # the same loss, fed by hand, is what the recording distiller computes
+    d = Recording(keras.models.load_model(tmp_path / "run" / "student.keras"), None, 4.0, 0.3, beta=2.5)
+    s, t = np.array([[1.0, 0.0, -1.0, 2.0]], np.float32), np.array([[4.0, 0.0, 1.0, -2.0]], np.float32)
+    got = float(d.compute_loss(None, {"label": np.array([0]), "teacher_logits": t}, s, training=True))
+    assert got == pytest.approx(float(distillation_loss(np.array([0]), s, t, 4.0, 0.3, beta=2.5)[0]), rel=1e-5)
 
 
 def test_student_is_small_int8_friendly_and_far_cheaper_than_teacher():

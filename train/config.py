@@ -56,6 +56,10 @@ class Config:
     # distillation
     temperature: float = 4.0
     alpha: float = 0.3             # weight of the hard-label loss; 1 - alpha goes to KD
+    # hinton: KL of the softened distributions. dkd: decoupled KD (Zhao et al. 2022), the wrong classes' part of
+    # that KL weighted by dkd_beta instead of by (1 - the teacher's confidence), see train/distill.py.
+    kd_loss: str = "hinton"
+    dkd_beta: float = 8.0
     teacher_mode: str = "cache"    # cache (teacher logits once) | consistent (teacher on every augmented batch)
     tta: bool = True               # cached logits averaged over a horizontal flip
     baseline: bool = True          # also train the same student without a teacher
@@ -85,6 +89,7 @@ AUGMENT_LEVELS = ("none", "flip", "geo", "full")
 # Flags with a closed set of values: argparse rejects anything else before a run starts.
 CHOICES = {"augment": AUGMENT_LEVELS, "teacher_augment": ("",) + AUGMENT_LEVELS,
            "teacher_recipe": ("efficientnetb0", "ensemble"), "teacher_mode": ("cache", "consistent"),
+           "kd_loss": ("hinton", "dkd"),
            "strategy": ("none", "mirrored")}
 
 

@@ -6,6 +6,17 @@
 The T^2 factor keeps the soft-target gradients on the same scale as the hard
 ones when T changes (Hinton et al. 2015, section 2).
 
+Decoupled KD (DKD, Zhao et al. 2022) splits that KL into a target-class term
+(TCKD: the binary "true class vs the rest" distributions) and a non-target term
+(NCKD: the distribution over the wrong classes only):
+
+    KL = TCKD + (1 - p_teacher[true]) * NCKD
+
+so the more confident the teacher, the less its ranking of the wrong classes
+(the "dark knowledge") counts. `beta` replaces that factor with a constant:
+
+    loss = alpha * CE + (1 - alpha) * T^2 * (TCKD + beta * NCKD)
+
 Two ways to get the teacher's logits:
 - cached: the dataset yields {"label", "teacher_logits"}; the teacher is never run
   during training (it is frozen, so running it every step is wasted work);
@@ -20,24 +31,49 @@ import tensorflow as tf
 from keras import ops
 
 
-def distillation_loss(labels, student_logits, teacher_logits, temperature: float, alpha: float):
-    """Per-example loss, shape (batch,)."""
+def _kl(log_p, log_q):
+    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def decoupled_kl(labels, student_logits, teacher_logits, temperature: float):
+    """(TCKD, NCKD) per example at temperature T, without the T^2 factor."""
+    t = float(temperature)
+    s, q = student_logits / t, teacher_logits / t
+    n = ops.shape(student_logits)[-1]
+    target = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"), n, dtype=s.dtype)
+
+    def binary(z):  # log of [p(true class), p(any other class)], from logits without underflow
+        log_p = ops.log_softmax(z, axis=-1)
+        log_true = ops.sum(log_p * target, axis=-1)
+        log_rest = ops.logsumexp(log_p - 1e9 * target, axis=-1)
+        return ops.stack([log_true, log_rest], axis=-1)
+
+    tckd = _kl(binary(q), binary(s))
+    # the true class masked out: distributions over the wrong classes only
+    nckd = _kl(ops.log_softmax(q - 1e9 * target, axis=-1), ops.log_softmax(s - 1e9 * target, axis=-1))
+    return tckd, nckd
+
+
+def distillation_loss(labels, student_logits, teacher_logits, temperature: float, alpha: float,
+                      beta: float | None = None):
+    """Per-example loss, shape (batch,). beta None: Hinton KD; a number: DKD with that NCKD weight."""
     ce = keras.losses.sparse_categorical_crossentropy(labels, student_logits, from_logits=True)
     if teacher_logits is None or alpha >= 1.0:
         return ce
     t = float(temperature)
-    p_teacher = ops.softmax(teacher_logits / t, axis=-1)
-    log_p_teacher = ops.log_softmax(teacher_logits / t, axis=-1)
-    log_p_student = ops.log_softmax(student_logits / t, axis=-1)
-    kl = ops.sum(p_teacher * (log_p_teacher - log_p_student), axis=-1)
-    return alpha * ce + (1.0 - alpha) * (t ** 2) * kl
+    if beta is None:
+        kd = _kl(ops.log_softmax(teacher_logits / t, axis=-1), ops.log_softmax(student_logits / t, axis=-1))
+    else:
+        tckd, nckd = decoupled_kl(labels, student_logits, teacher_logits, t)
+        kd = tckd + float(beta) * nckd
+    return alpha * ce + (1.0 - alpha) * (t ** 2) * kd
 
 
 class Distiller(keras.Model):
     """A frozen teacher (optional) and a trainable student; `call` is the student."""
 
     def __init__(self, student: keras.Model, teacher: keras.Model | None = None,
-                 temperature: float = 4.0, alpha: float = 0.3, **kwargs):
+                 temperature: float = 4.0, alpha: float = 0.3, beta: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
@@ -45,6 +81,7 @@ class Distiller(keras.Model):
             teacher.trainable = False
         self.temperature = float(temperature)
         self.alpha = float(alpha)
+        self.beta = None if beta is None else float(beta)
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def call(self, x, training=False):
@@ -59,7 +96,8 @@ class Distiller(keras.Model):
             teacher_logits = self.teacher(x, training=False) if use else None
         if not training:
             teacher_logits = None  # validation loss = the student's own CE, comparable across runs
-        per_example = distillation_loss(labels, y_pred, teacher_logits, self.temperature, self.alpha)
+        per_example = distillation_loss(labels, y_pred, teacher_logits, self.temperature, self.alpha,
+                                        self.beta)
         if sample_weight is not None:
             per_example = per_example * ops.cast(sample_weight, per_example.dtype)
         loss = ops.mean(per_example)

@@ -262,7 +262,8 @@ def run(cfg) -> int:
             _log(f"{name}: loading finished {path}")
             models[name] = keras.models.load_model(path)
         else:
-            how = (f"KD T={cfg.temperature:g} alpha={kw['alpha']:g}, teacher {cfg.teacher_mode}"
+            loss = f"DKD beta={cfg.dkd_beta:g}" if cfg.kd_loss == "dkd" else "KD"
+            how = (f"{loss} T={cfg.temperature:g} alpha={kw['alpha']:g}, teacher {cfg.teacher_mode}"
                    if kw["teacher"] else "labels only")
             _log(f"{name}: training for up to {cfg.student_epochs} epochs ({how})")
             keras.utils.set_random_seed(cfg.seed)  # same init and data order for KD and baseline
