@@ -136,9 +136,10 @@ def test_consistent_mode_runs_end_to_end_without_cached_logits(tiny_run, phantom
     assert keras.models.load_model(out / "student.keras").input_shape[1] == cfg.image_size
 
 
-def test_dkd_flag_reaches_the_distiller_and_only_the_distilled_student(tiny_run, phantoms, tmp_path, monkeypatch):
+def test_dkd_flag_reaches_the_distiller_and_only_the_distilled_student(tiny_run, phantoms, tmp_path, monkeypatch,
+                                                                      capsys):
     from train import stages
-    from train.run import run
+    from train.run import main, run
 
     betas = []
 
@@ -161,6 +162,10 @@ def test_dkd_flag_reaches_the_distiller_and_only_the_distilled_student(tiny_run,
     s, t = np.array([[1.0, 0.0, -1.0, 2.0]], np.float32), np.array([[4.0, 0.0, 1.0, -2.0]], np.float32)
     got = float(d.compute_loss(None, {"label": np.array([0]), "teacher_logits": t}, s, training=True))
     assert got == pytest.approx(float(distillation_loss(np.array([0]), s, t, 4.0, 0.3, beta=2.5)[0]), rel=1e-5)
+    # a negative weight is refused before any work, with the one-line error of every bad flag
+    assert main(["--data", str(phantoms / "Training"), "--kd-loss", "dkd", "--dkd-beta", "-1",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--dkd-beta -1: want a weight >= 0" in capsys.readouterr().err
 
 
 def test_student_is_small_int8_friendly_and_far_cheaper_than_teacher():

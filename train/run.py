@@ -173,6 +173,8 @@ def run(cfg) -> int:
         except ValueError as e:
             raise DataError(str(e)) from None
     check_folds(cfg)
+    if cfg.kd_loss == "dkd" and not cfg.dkd_beta >= 0:
+        raise DataError(f"--dkd-beta {cfg.dkd_beta:g}: want a weight >= 0")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
