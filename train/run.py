@@ -124,7 +124,8 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
             if [old.get(f) for f in ("folds", "left_out_fold", "fold_seed")] != [k, info["left_out_fold"],
                                                                                   info["fold_seed"]]:
                 raise DataError(f"{path} was trained with --teacher-folds {old.get('folds')} (left out fold "
-                                f"{old.get('left_out_fold')}), this run wants {k} ({info['left_out_fold']}): "
+                                f"{old.get('left_out_fold')}, fold seed {old.get('fold_seed')}), this run wants {k} "
+                                f"({info['left_out_fold']}, {info['fold_seed']}): "
                                 f"remove it or pick another --out")
             _log(f"teacher member {i}: loading finished {path}")
             members.append(m)
