@@ -190,8 +190,10 @@ def test_run_writes_models_reports_and_a_reloadable_student(tiny_run):
     for f in ("confusion.png", "curves.png", "split.json", "data_report.json"):
         assert (tiny_run / f).is_file()
     # The default teacher is an ensemble: each member saved and scored alone, the average saved as teacher.keras.
-    assert [(e["augment"], e["epochs"]) for e in m["results"]["teacher"]["members"]] == [("none", 1), ("geo", 1)]
+    assert [(e["arch"], e["augment"], e["epochs"]) for e in m["results"]["teacher"]["members"]] == [
+        ("dw", "none", 1), ("res", "geo", 1)]
     assert all((tiny_run / f"teacher_member{i}.keras").is_file() for i in range(2))
+    assert keras.models.load_model(tiny_run / "teacher_member1.keras").get_layer("s1_add") is not None  # residual
     teacher = keras.models.load_model(tiny_run / "teacher.keras")
     assert teacher.get_layer("mean_logits") is not None
     # The saved student is a plain Keras model: no custom objects needed.
@@ -308,17 +310,53 @@ def test_augment_levels():
         stages.augmenter("strong", 0)
 
 
-def test_teacher_member_specs(capsys, tmp_path):
+def test_mixup_blends_images_targets_and_weights_alike(capsys, tmp_path):
+    from train import stages
+
+    y = np.arange(64) % 4
+    x = np.repeat((60 * y).astype(np.uint8)[:, None, None], 8 * 8).reshape(64, 8, 8)  # class c: constant 60c
+    sw = (1.0 + y).astype(np.float32)
+    (xb, tb, wb), = stages.make_dataset(x, np.eye(4, dtype=np.float32)[y], sw, batch=64, shuffle=True,
+                                        seed=1, mixup=0.4).take(1)
+    xb, tb, wb = xb.numpy(), tb.numpy(), wb.numpy()
+    np.testing.assert_allclose(tb.sum(1), 1.0, rtol=1e-5)
+    # each blend is the same convex combination of two images, of their one-hot labels and of their weights
+    np.testing.assert_allclose(xb[:, 0, 0, 0], tb @ (60.0 * np.arange(4)), atol=1e-3)
+    np.testing.assert_allclose(wb, tb @ (1.0 + np.arange(4)), rtol=1e-5)
+    assert np.ptp(xb.reshape(64, -1), axis=1).max() == 0  # blended whole images, not patches
+    assert (tb.max(1) < 0.9).sum() >= 8  # Beta(0.4, 0.4) often blends a lot
+    (xn, tn, _), = stages.make_dataset(x, np.eye(4, dtype=np.float32)[y], sw, batch=64).take(1)
+    assert set(np.unique(tn.numpy())) == {0.0, 1.0}  # mixup 0: untouched
+    from train.run import main
+
+    assert main(["--teacher-mixup", "-1", "--out", str(tmp_path / "o")]) == 2  # refused before any work
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--teacher-mixup -1" in err and not (tmp_path / "o").exists()
+
+
+def test_teacher_member_specs(capsys, tmp_path, tiny_run):
     from train.config import Config, member_specs
     from train.run import main
 
-    assert member_specs(Config()) == [("flip", 14), ("flip", 14), ("geo", 24)]
-    assert member_specs(Config(teacher_members="2", teacher_epochs=5, augment="none")) == [("none", 5)] * 2
-    assert member_specs(Config(teacher_members="2", teacher_augment="geo")) == [("geo", 14)] * 2
+    assert member_specs(Config()) == [("flip", 14, "dw"), ("flip", 14, "dw"), ("geo", 24, "dw")]
+    assert member_specs(Config(teacher_members="2", teacher_epochs=5, augment="none")) == [("none", 5, "dw")] * 2
+    assert member_specs(Config(teacher_members="2", teacher_augment="geo")) == [("geo", 14, "dw")] * 2
+    assert member_specs(Config(teacher_members="flip:3:res, geo:2:dw")) == [("flip", 3, "res"), ("geo", 2, "dw")]
     # a bad spec stops the run before any data is read, with one line saying what is wrong
-    assert main(["--teacher-members", "flip:14,rotate:3", "--out", str(tmp_path / "o")]) == 2
+    for bad in ("flip:14,rotate:3", "flip:14:vit"):
+        assert main(["--teacher-members", bad, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and bad.split(",")[-1] in err and "AUGMENT:EPOCHS[:ARCH]" in err
+    # a finished member of another family is not silently reused in a slot that wants the other one
+    other = tmp_path / "other"
+    other.mkdir()
+    for ext in ("keras", "json"):
+        shutil.copy(tiny_run / f"teacher_member1.{ext}", other / f"teacher_member0.{ext}")
+    cfg = json.loads((tiny_run / "manifest.json").read_text())["config"]
+    assert main(["--data", cfg["data"], "--test-data", cfg["test_data"], "--image-size", "48", "--teacher-size",
+                 "32", "--teacher-members", "geo:1", "--cache-dir", cfg["cache_dir"], "--out", str(other)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "rotate:3" in err and "AUGMENT:EPOCHS" in err
+    assert err.count("\n") == 0 and "'res' member" in err and "wants 'dw'" in err
 
 
 def test_out_of_fold_logits_come_only_from_members_that_never_saw_the_image():

@@ -28,12 +28,13 @@ class Config:
     split_seed: int = 42           # train/val/test split; fixed across seeds so ablations share a test set
     # teacher
     teacher: str = ""              # trained teacher .keras to load instead of training; several (a,b,c) = ensemble
-    # efficientnetb0 | ensemble (CNNs of the student's family, width teacher_width, one per teacher_members entry)
+    # efficientnetb0 | ensemble (small CNNs, width teacher_width, one per teacher_members entry)
     # Offline default = ensemble: a from-scratch EfficientNetB0 reaches ~70% in the CPU budget (docs/teacher.md).
     teacher_recipe: str = "ensemble"
-    # Ensemble members, "AUGMENT:EPOCHS" each, or a count N (N x teacher_augment:teacher_epochs). Members that
-    # see different views disagree more, so their average gains more: two flip members plus one "geo" member
-    # beat three flip members by ~1 point on validation and test (docs/teacher.md).
+    # Ensemble members, "AUGMENT:EPOCHS[:ARCH]" each (ARCH one of MEMBER_ARCHS, default dw), or a count N
+    # (N x teacher_augment:teacher_epochs). Members that see different views disagree more, so their average
+    # gains more: two flip members plus one "geo" member beat three flip members by ~1 point on validation
+    # and test (docs/teacher.md).
     teacher_members: str = "flip:14,flip:14,geo:24"
     # 0: every member trains on the whole training split. K >= 2: member i leaves out fold i % K, and each
     # training image's cached logits average only the members that never saw it (out-of-fold), so the soft
@@ -45,6 +46,7 @@ class Config:
     teacher_lr: float = 3e-3
     teacher_dropout: float = 0.3   # EfficientNetB0 head
     label_smoothing: float = 0.0   # smoothed teachers distill worse (Mueller et al. 2019)
+    teacher_mixup: float = 0.0     # > 0: members train on mixup blends, lam ~ Beta(a, a); 0 = off
     # augmentation of the teacher's training images; "" = augment. The teacher's logits are cached on the clean
     # (and flipped) images, so the teacher may train on views the student never sees.
     teacher_augment: str = ""
@@ -94,18 +96,26 @@ CHOICES = {"augment": AUGMENT_LEVELS, "teacher_augment": ("",) + AUGMENT_LEVELS,
            "strategy": ("none", "mirrored")}
 
 
-def member_specs(cfg) -> list[tuple[str, int]]:
-    """(augment, epochs) per ensemble member, from cfg.teacher_members; ValueError says what is wrong."""
+# Ensemble member families (train/models.py MEMBER_ARCHS): dw = the student's depthwise-separable CNN,
+# res = full 3x3 convs with shortcuts.
+MEMBER_ARCHS = ("dw", "res")
+
+
+def member_specs(cfg) -> list[tuple[str, int, str]]:
+    """(augment, epochs, arch) per ensemble member, from cfg.teacher_members; ValueError says what is wrong."""
     spec = str(cfg.teacher_members).strip()
     if spec.isdigit():
-        return [(cfg.teacher_augment or cfg.augment, cfg.teacher_epochs)] * int(spec)
+        return [(cfg.teacher_augment or cfg.augment, cfg.teacher_epochs, "dw")] * int(spec)
     out = []
     for item in spec.split(","):
-        aug, _, epochs = item.strip().partition(":")
-        if aug not in AUGMENT_LEVELS or not epochs.isdigit() or int(epochs) < 1:
-            raise ValueError(f"bad teacher member '{item}' in --teacher-members '{spec}': want AUGMENT:EPOCHS "
-                             f"(AUGMENT one of {' | '.join(AUGMENT_LEVELS)}) or a count")
-        out.append((aug, int(epochs)))
+        aug, _, rest = item.strip().partition(":")
+        epochs, _, arch = rest.partition(":")
+        arch = arch or "dw"
+        if aug not in AUGMENT_LEVELS or not epochs.isdigit() or int(epochs) < 1 or arch not in MEMBER_ARCHS:
+            raise ValueError(f"bad teacher member '{item}' in --teacher-members '{spec}': want AUGMENT:EPOCHS"
+                             f"[:ARCH] (AUGMENT one of {' | '.join(AUGMENT_LEVELS)}, ARCH one of "
+                             f"{' | '.join(MEMBER_ARCHS)}) or a count")
+        out.append((aug, int(epochs), arch))
     return out
 
 

@@ -89,11 +89,12 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
     import keras
 
     from train import stages
-    from train.models import build_student, build_teacher
+    from train.models import MEMBER_ARCHS, build_teacher
 
     tsize = int(t_imgs.x.shape[1])
     fit = dict(cfg=cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, strategy=strategy,
-               label_smoothing=cfg.label_smoothing, augment=cfg.teacher_augment or cfg.augment)
+               label_smoothing=cfg.label_smoothing, augment=cfg.teacher_augment or cfg.augment,
+               mixup=cfg.teacher_mixup)
     data = (t_imgs.x[splits.train], y_tr, sw, t_imgs.x[splits.val], imgs.labels[splits.val])
     if cfg.teacher_recipe == "efficientnetb0":
         _log(f"teacher: training EfficientNetB0 at {tsize}px for up to {cfg.teacher_epochs} epochs")
@@ -104,15 +105,15 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
     if cfg.teacher_recipe != "ensemble":
         raise DataError(f"unknown teacher recipe '{cfg.teacher_recipe}' (efficientnetb0 | ensemble)")
     members, specs = [], member_specs(cfg)
-    for i, (aug, epochs) in enumerate(specs):
+    for i, (aug, epochs, arch) in enumerate(specs):
         path = out / f"teacher_member{i}.keras"
         # Members with one spec differ by seed (init, data order, augmentation); members with different
         # specs also differ by the views they train on. Numbering seeds per spec keeps each member's seed
         # fixed when members of another spec are added.
-        seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs)))
+        seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs, arch)))
         k = cfg.teacher_folds
-        info = {"augment": aug, "epochs": epochs, "seed": seed, "folds": k, "left_out_fold": i % k if k else None,
-                "fold_seed": cfg.split_seed if k else None}
+        info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "seed": seed,
+                "folds": k, "left_out_fold": i % k if k else None, "fold_seed": cfg.split_seed if k else None}
         info_path = path.with_suffix(".json")
         if path.is_file():
             m = keras.models.load_model(path)
@@ -127,14 +128,17 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
                                 f"{old.get('left_out_fold')}, fold seed {old.get('fold_seed')}), this run wants {k} "
                                 f"({info['left_out_fold']}, {info['fold_seed']}): "
                                 f"remove it or pick another --out")
+            if old.get("arch", "dw") != arch:  # records from before families existed are all "dw"
+                raise DataError(f"{path} is a '{old.get('arch', 'dw')}' member, this run wants '{arch}' there: "
+                                f"remove it or pick another --out")
             _log(f"teacher member {i}: loading finished {path}")
             members.append(m)
             continue
-        _log(f"teacher member {i + 1}/{len(specs)}: CNN width {cfg.teacher_width:g} at {tsize}px, "
+        _log(f"teacher member {i + 1}/{len(specs)}: '{arch}' CNN width {cfg.teacher_width:g} at {tsize}px, "
              f"'{aug}' augmentation, up to {epochs} epochs")
         keras.utils.set_random_seed(seed)
         with strategy.scope():
-            m = build_student(tsize, n, cfg.teacher_width, cfg.student_dropout)
+            m = MEMBER_ARCHS[arch](tsize, n, cfg.teacher_width, cfg.student_dropout)
         mdata = data
         if k:
             keep = folds != i % k
@@ -176,6 +180,8 @@ def run(cfg) -> int:
     check_folds(cfg)
     if cfg.kd_loss == "dkd" and not cfg.dkd_beta >= 0:
         raise DataError(f"--dkd-beta {cfg.dkd_beta:g}: want a weight >= 0")
+    if not cfg.teacher_mixup >= 0:
+        raise DataError(f"--teacher-mixup {cfg.teacher_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
@@ -300,10 +306,10 @@ def run(cfg) -> int:
     # An ensemble teacher: how much each member scores alone, so the ensemble's gain is visible.
     if len(member_files) > 1:
         results["teacher"]["members"] = []
-        for f, (aug, epochs) in zip(member_files, specs):
+        for f, (aug, epochs, arch) in zip(member_files, specs):
             probs = softmax(stages.predict_logits(keras.models.load_model(f), t_timgs.x[splits.test]))
             results["teacher"]["members"].append(
-                {"file": f.name, "augment": aug, "epochs": epochs,
+                {"file": f.name, "arch": arch, "augment": aug, "epochs": epochs,
                  "test_accuracy": summarize(timgs.labels[splits.test], probs, classes)["accuracy"]})
     confusion_png({k: v["test"]["confusion"] for k, v in results.items()}, classes, out / "confusion.png")
     curves_png({k: stages.read_history(out / "stages" / k) for k in results}, out / "curves.png")

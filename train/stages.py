@@ -60,8 +60,12 @@ def _pixels(x):
     return tf.cast(x, tf.float32)[..., None]
 
 
-def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment="none", seed=0):
-    """x: (N, s, s) uint8 in memory; target: labels, one-hot or a dict of arrays."""
+def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment="none", seed=0, mixup=0.0):
+    """x: (N, s, s) uint8 in memory; target: labels, one-hot or a dict of arrays.
+
+    mixup > 0 (one-hot targets only): each image, after augmentation, is blended with another of its batch,
+    weight lam ~ Beta(mixup, mixup), and so are the targets and sample weights (Zhang et al. 2018).
+    """
     items = (x, target) if weights is None else (x, target, weights)
     ds = tf.data.Dataset.from_tensor_slices(items)
     if shuffle:
@@ -73,7 +77,21 @@ def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment="none
         xb = _pixels(t[0])
         if aug is not None:
             xb = tf.clip_by_value(aug(xb, training=True), 0.0, 255.0)
+        if mixup > 0:
+            return _mixed(xb, *t[1:])
         return (xb,) + tuple(t[1:])
+
+    def _mixed(xb, *rest):
+        n = tf.shape(xb)[0]
+        g1 = tf.random.gamma([n], mixup, seed=seed + 7)
+        lam = g1 / (g1 + tf.random.gamma([n], mixup, seed=seed + 8))
+        other = tf.random.shuffle(tf.range(n), seed=seed + 9)
+
+        def blend(a):
+            w = tf.reshape(lam, [-1] + [1] * (len(a.shape) - 1))
+            return w * a + (1.0 - w) * tf.gather(a, other)
+
+        return (blend(xb),) + tuple(blend(tf.cast(r, tf.float32)) for r in rest)
 
     return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -111,7 +129,7 @@ def _callbacks(stage_dir: Path, patience: int):
 
 
 def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strategy, label_smoothing=0.0,
-                   seed=None, augment=None, extra_callbacks=()):
+                   seed=None, augment=None, mixup=0.0, extra_callbacks=()):
     """Plain supervised training (the teacher)."""
     n = model.output_shape[-1]
     steps = max(len(x) // cfg.batch_size, 1)
@@ -121,7 +139,8 @@ def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strat
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=False)
     onehot = np.eye(n, dtype=np.float32)
     seed = cfg.seed if seed is None else seed
-    train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=augment or cfg.augment, seed=seed)
+    train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=augment or cfg.augment, seed=seed,
+                            mixup=mixup)
     val_ds = make_dataset(xv, onehot[yv], batch=cfg.batch_size)
     timer, cbs = _callbacks(Path(stage_dir), cfg.patience)
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=VERBOSE)
