@@ -73,7 +73,7 @@ def _conv_bn(x, filters, stride, name, relu=True):
 
 # Filters per stage of the residual teacher member: one basic block (two full 3x3 convs) per stage, each
 # stage after the first halving the resolution. Two stride-2 stem convs first, as in the student, keep it
-# at ~54 s per real-data epoch at 128 px on 2 cores (68 M MACs, 1.2 M parameters).
+# at ~44 s per real-data epoch at 128 px on 2 cores (68 M MACs, 1.2 M parameters).
 RESNET_STAGES = (32, 64, 128, 256)
 
 

@@ -128,9 +128,11 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
                                 f"{old.get('left_out_fold')}, fold seed {old.get('fold_seed')}), this run wants {k} "
                                 f"({info['left_out_fold']}, {info['fold_seed']}): "
                                 f"remove it or pick another --out")
-            if old.get("arch", "dw") != arch:  # records from before families existed are all "dw"
-                raise DataError(f"{path} is a '{old.get('arch', 'dw')}' member, this run wants '{arch}' there: "
-                                f"remove it or pick another --out")
+            # records from before families and mixup existed are "dw" members without mixup
+            was, want = (old.get("arch", "dw"), old.get("mixup", 0.0)), (arch, cfg.teacher_mixup)
+            if was != want:
+                raise DataError(f"{path} is a '{was[0]}' member with mixup {was[1]:g}, this run wants '{want[0]}' "
+                                f"with mixup {want[1]:g} there: remove it or pick another --out")
             _log(f"teacher member {i}: loading finished {path}")
             members.append(m)
             continue
