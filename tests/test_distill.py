@@ -356,12 +356,17 @@ def test_teacher_member_specs(capsys, tmp_path, tiny_run):
     assert main(["--data", cfg["data"], "--test-data", cfg["test_data"], "--image-size", "48", "--teacher-size",
                  "32", "--teacher-members", "geo:1", "--cache-dir", cfg["cache_dir"], "--out", str(other)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "'res' member with mixup 0" in err and "wants 'dw'" in err
+    assert err.count("\n") == 0 and "family res (this run wants dw)" in err
     # nor one trained without mixup in a run that asks for mixup
     assert main(["--data", cfg["data"], "--test-data", cfg["test_data"], "--image-size", "48", "--teacher-size",
                  "32", "--teacher-members", "geo:1:res", "--teacher-mixup", "0.2", "--cache-dir", cfg["cache_dir"],
                  "--out", str(other)]) == 2
-    assert "wants 'res' with mixup 0.2" in capsys.readouterr().err
+    assert "--teacher-mixup 0.0 (this run wants 0.2)" in capsys.readouterr().err
+    # nor one trained on other views or for other epochs (a changed --teacher-members over a finished run)
+    assert main(["--data", cfg["data"], "--test-data", cfg["test_data"], "--image-size", "48", "--teacher-size",
+                 "32", "--teacher-members", "flip:2:res", "--cache-dir", cfg["cache_dir"], "--out", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "augmentation geo (this run wants flip), epochs 1 (this run wants 2)" in err
     from train import config, models
 
     assert set(config.MEMBER_ARCHS) == set(models.MEMBER_ARCHS)  # the flag's choices are the families built

@@ -81,6 +81,24 @@ def oof_logits(member_logits: list[np.ndarray], folds: np.ndarray, k: int) -> np
     return out
 
 
+# What a member's record says when it lacks a field: records from before folds, families and mixup existed
+# belong to whole-split "dw" members without mixup. Other missing fields (a member copied in without its record)
+# are unknown and not compared. The seed is never compared: a run with another --seed may reuse members on purpose.
+MEMBER_RECORD_DEFAULTS = {"arch": "dw", "mixup": 0.0, "folds": 0, "left_out_fold": None, "fold_seed": None}
+# record field -> how the error names it (the member spec's parts, or the flag that sets it)
+MEMBER_RECORD_FIELDS = {"arch": "family", "augment": "augmentation", "epochs": "epochs", "mixup": "--teacher-mixup",
+                        "width": "--teacher-width", "lr": "--teacher-lr", "label_smoothing": "--label-smoothing",
+                        "dropout": "--student-dropout", "folds": "--teacher-folds", "left_out_fold": "left-out fold",
+                        "fold_seed": "fold seed"}
+
+
+def member_mismatch(old: dict, want: dict) -> str:
+    """'' when a finished member's record fits this run's slot, else the differing fields, old and wanted."""
+    old = {**MEMBER_RECORD_DEFAULTS, **old}
+    diff = [f for f in MEMBER_RECORD_FIELDS if f in old and old[f] != want[f]]
+    return ", ".join(f"{MEMBER_RECORD_FIELDS[f]} {old[f]} (this run wants {want[f]})" for f in diff)
+
+
 def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times, folds=None):
     """EfficientNetB0, or an ensemble of CNNs whose logits are averaged (each member resumable on its own).
 
@@ -113,6 +131,8 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs, arch)))
         k = cfg.teacher_folds
         info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "seed": seed,
+                "width": cfg.teacher_width, "lr": cfg.teacher_lr, "label_smoothing": cfg.label_smoothing,
+                "dropout": cfg.student_dropout,
                 "folds": k, "left_out_fold": i % k if k else None, "fold_seed": cfg.split_seed if k else None}
         info_path = path.with_suffix(".json")
         if path.is_file():
@@ -120,19 +140,9 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
             if m.input_shape[1] != tsize:
                 raise DataError(f"{path} takes {m.input_shape[1]}px, this run's teacher {tsize}px: "
                                 f"remove it or pick another --out")
-            # Without a record (runs before folds existed) a member is taken as trained on everything.
-            old = json.loads(info_path.read_text()) if info_path.is_file() else {"folds": 0, "left_out_fold": None}
-            if [old.get(f) for f in ("folds", "left_out_fold", "fold_seed")] != [k, info["left_out_fold"],
-                                                                                  info["fold_seed"]]:
-                raise DataError(f"{path} was trained with --teacher-folds {old.get('folds')} (left out fold "
-                                f"{old.get('left_out_fold')}, fold seed {old.get('fold_seed')}), this run wants {k} "
-                                f"({info['left_out_fold']}, {info['fold_seed']}): "
-                                f"remove it or pick another --out")
-            # records from before families and mixup existed are "dw" members without mixup
-            was, want = (old.get("arch", "dw"), old.get("mixup", 0.0)), (arch, cfg.teacher_mixup)
-            if was != want:
-                raise DataError(f"{path} is a '{was[0]}' member with mixup {was[1]:g}, this run wants '{want[0]}' "
-                                f"with mixup {want[1]:g} there: remove it or pick another --out")
+            old = json.loads(info_path.read_text()) if info_path.is_file() else {}
+            if why := member_mismatch(old, info):
+                raise DataError(f"{path} was trained with {why}: remove it or pick another --out")
             _log(f"teacher member {i}: loading finished {path}")
             members.append(m)
             continue
