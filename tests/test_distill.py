@@ -136,6 +136,51 @@ def test_consistent_mode_runs_end_to_end_without_cached_logits(tiny_run, phantom
     assert keras.models.load_model(out / "student.keras").input_shape[1] == cfg.image_size
 
 
+def test_kd_mixup_teacher_scores_the_blends_and_only_the_distilled_student_sees_them(tiny_run, phantoms, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from train import stages
+    from train.run import main, run
+
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(0, 2, (5, 4)).astype(np.float32), rng.normal(0, 2, (5, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 1])
+    onehot = np.eye(4, dtype=np.float32)[y]
+    # one-hot rows are the class ids; a blend's hard-label term is the blend of the two terms
+    np.testing.assert_allclose(distillation_loss(onehot, s, t, 4.0, 0.3), distillation_loss(y, s, t, 4.0, 0.3),
+                               rtol=1e-5)
+    lam, other = 0.7, np.eye(4, dtype=np.float32)[[3, 3, 0, 1, 2]]
+    ce = lambda lab: np.asarray(distillation_loss(lab, s, t, 4.0, 1.0))  # noqa: E731 (alpha 1: CE only)
+    np.testing.assert_allclose(ce(lam * onehot + (1 - lam) * other), lam * ce(onehot) + (1 - lam) * ce(other),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="one true class"):
+        distillation_loss(onehot, s, t, 4.0, 0.3, beta=2.0)
+
+    seen = []  # (stage, mixup asked of the training dataset, rank of the labels the distiller got)
+    make = stages.make_dataset
+
+    class Recording(Distiller):
+        def compute_loss(self, x=None, y=None, *a, **kw):
+            seen.append(("loss", len(y.shape)))
+            return super().compute_loss(x, y, *a, **kw)
+
+    monkeypatch.setattr(stages, "Distiller", Recording)
+    monkeypatch.setattr(stages, "make_dataset", lambda *a, **k: seen.append(("data", k.get("mixup", 0.0))) or make(*a, **k))
+    cfg = tiny_config(phantoms, tmp_path, teacher=str(tiny_run / "teacher.keras"), teacher_mode="consistent",
+                      kd_mixup=0.4, student_epochs=1)
+    assert run(cfg) == 0
+    data = [v for k, v in seen if k == "data"]
+    assert data[0] == 0.4 and 0.4 not in data[1:]  # the distilled student's training set only
+    ranks = [v for k, v in seen if k == "loss"]
+    assert 2 in ranks and 1 in ranks  # blended one-hot labels for KD, class ids for validation and the baseline
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["config"]["kd_mixup"] == 0.4 and "baseline" in m["results"]
+    # cached logits belong to unblended images: refused before any work, one line
+    for bad in (["--kd-mixup", "0.4"], ["--kd-mixup", "-1", "--teacher-mode", "consistent"]):
+        assert main(["--data", str(phantoms / "Training"), *bad, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--kd-mixup" in err and not (tmp_path / "bad").exists()
+
+
 def test_dkd_flag_reaches_the_distiller_and_only_the_distilled_student(tiny_run, phantoms, tmp_path, monkeypatch,
                                                                       capsys):
     from train import stages

@@ -64,6 +64,10 @@ class Config:
     kd_loss: str = "hinton"
     dkd_beta: float = 2.0
     teacher_mode: str = "cache"    # cache (teacher logits once) | consistent (teacher on every augmented batch)
+    # > 0 (consistent mode only): the distilled student trains on mixup blends, lam ~ Beta(a, a), and the teacher
+    # scores each blend, so its targets are soft where the labels are not ("function matching", Beyer et al.
+    # 2022); the scratch student is unchanged. 0 = off.
+    kd_mixup: float = 0.0
     tta: bool = True               # cached logits averaged over a horizontal flip
     baseline: bool = True          # also train the same student without a teacher
     # optimisation

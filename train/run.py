@@ -194,6 +194,11 @@ def run(cfg) -> int:
         raise DataError(f"--dkd-beta {cfg.dkd_beta:g}: want a weight >= 0")
     if not cfg.teacher_mixup >= 0:
         raise DataError(f"--teacher-mixup {cfg.teacher_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
+    if not cfg.kd_mixup >= 0:
+        raise DataError(f"--kd-mixup {cfg.kd_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
+    if cfg.kd_mixup > 0 and (cfg.teacher_mode != "consistent" or cfg.kd_loss != "hinton"):
+        # cached logits belong to unblended images; DKD needs one true class per image
+        raise DataError("--kd-mixup needs --teacher-mode consistent and --kd-loss hinton")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)

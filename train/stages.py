@@ -163,7 +163,11 @@ def fit_student(student, teacher, x, y, sw, teacher_logits, xv, yv, cfg, *, alph
         size = student.input_shape[1]
         distiller(np.zeros((1, size, size, 1), np.float32))  # BackupAndRestore needs a built model
     target = y if teacher_logits is None else {"label": y, "teacher_logits": teacher_logits.astype(np.float32)}
-    train_ds = make_dataset(x, target, sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
+    mixup = cfg.kd_mixup if use_teacher is not None and alpha < 1.0 else 0.0
+    if mixup:  # blended one-hot labels; the teacher scores the blended images themselves
+        target = np.eye(int(student.output_shape[-1]), dtype=np.float32)[y]
+    train_ds = make_dataset(x, target, sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+                            mixup=mixup)
     val_ds = make_dataset(xv, yv, batch=cfg.batch_size)
     timer, cbs = _callbacks(Path(stage_dir), cfg.patience)
     distiller.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=VERBOSE)
