@@ -54,13 +54,18 @@ def decoupled_kl(labels, student_logits, teacher_logits, temperature: float):
     return tckd, nckd
 
 
+def _blended(labels) -> bool:
+    """(batch, classes) probabilities (mixup blends) rather than class ids."""
+    return len(labels.shape) == 2 and labels.shape[-1] > 1
+
+
 def distillation_loss(labels, student_logits, teacher_logits, temperature: float, alpha: float,
                       beta: float | None = None):
     """Per-example loss, shape (batch,). beta None: Hinton KD; a number: DKD with that NCKD weight.
 
     labels: class ids, or (batch, classes) probabilities (mixup blends; Hinton KD only).
     """
-    if len(labels.shape) == 2 and labels.shape[-1] == student_logits.shape[-1] and labels.shape[-1] > 1:
+    if _blended(labels):
         if beta is not None:
             raise ValueError("DKD needs one true class per example, not blended labels")
         ce = keras.losses.categorical_crossentropy(labels, student_logits, from_logits=True)
@@ -115,7 +120,7 @@ class Distiller(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels = y["label"] if isinstance(y, dict) else y
-        if len(labels.shape) == 2 and labels.shape[-1] > 1:  # mixup blends: the larger share's class
+        if _blended(labels):  # scored as the class with the larger share
             labels = ops.argmax(labels, axis=-1)
         self.accuracy.update_state(labels, y_pred)
         return super().compute_metrics(x, y, y_pred, sample_weight)
