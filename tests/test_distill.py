@@ -379,6 +379,41 @@ def test_mixup_blends_images_targets_and_weights_alike(capsys, tmp_path):
     assert err.count("\n") == 0 and "--teacher-mixup -1" in err and not (tmp_path / "o").exists()
 
 
+def test_weight_averaging_changes_what_validation_scores_not_how_members_train(capsys, tmp_path):
+    from train import stages
+    from train.config import Config
+    from train.run import MEMBER_RECORD_FIELDS, main, member_mismatch
+
+    rng = np.random.default_rng(0)
+    y = np.arange(128) % 4
+    x = (rng.integers(0, 60, (128, 32, 32)) + 40 * y[:, None, None]).astype(np.uint8)
+    cfg = Config(batch_size=16, patience=20, augment="none")
+    hist, kept = {}, {}
+    for ema in (0.0, 0.9):
+        keras.utils.set_random_seed(1)
+        m = build_student(32, 4, 0.25, 0.2)
+        stages.fit_classifier(m, x[:96], y[:96], np.ones(96, np.float32), x[96:], y[96:], cfg, epochs=3, lr=3e-3,
+                              stage_dir=tmp_path / str(ema), strategy=stages.make_strategy("none"), ema=ema)
+        assert m.optimizer.use_ema == (ema > 0)
+        hist[ema] = stages.read_history(tmp_path / str(ema))
+        kept[ema] = m.evaluate(stages.make_dataset(x[96:], np.eye(4, dtype=np.float32)[y[96:]], batch=16),
+                               verbose=0, return_dict=True)["loss"]
+    # the average only watches: same seed, same training steps and losses
+    np.testing.assert_allclose(hist[0.9]["loss"], hist[0.0]["loss"], rtol=1e-4)
+    # but validation scores the averaged weights, not the trained ones
+    assert abs(hist[0.9]["val_loss"][0] - hist[0.0]["val_loss"][0]) > 1e-3
+    for ema, h in hist.items():  # and the member kept is the one validation picked (first best epoch)
+        best = int(np.argmax(h["val_accuracy"]))
+        assert kept[ema] == pytest.approx(h["val_loss"][best], rel=1e-5)
+    # a member trained without averaging is not reused by a run that asks for it; a bad momentum is refused
+    want = {f: 0 for f in MEMBER_RECORD_FIELDS} | {"ema": 0.99}
+    assert member_mismatch({k: v for k, v in want.items() if k != "ema"}, want) == \
+        "--teacher-ema 0.0 (this run wants 0.99)"
+    assert main(["--teacher-ema", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--teacher-ema 1" in err and not (tmp_path / "o").exists()
+
+
 def test_teacher_member_specs(capsys, tmp_path, tiny_run):
     from train.config import Config, member_specs
     from train.run import main

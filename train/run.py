@@ -81,13 +81,15 @@ def oof_logits(member_logits: list[np.ndarray], folds: np.ndarray, k: int) -> np
     return out
 
 
-# What a member's record says when it lacks a field: records from before folds, families and mixup existed
-# belong to whole-split "dw" members without mixup. Other missing fields (a member copied in without its record)
+# What a member's record says when it lacks a field: records from before folds, families, mixup and EMA existed
+# belong to whole-split "dw" members without mixup or EMA. Other missing fields (a member copied in without its record)
 # are unknown and not compared. The seed is never compared: a run with another --seed may reuse members on purpose.
-MEMBER_RECORD_DEFAULTS = {"arch": "dw", "mixup": 0.0, "folds": 0, "left_out_fold": None, "fold_seed": None}
+MEMBER_RECORD_DEFAULTS = {"arch": "dw", "mixup": 0.0, "ema": 0.0, "folds": 0, "left_out_fold": None,
+                          "fold_seed": None}
 # record field -> how the error names it (the member spec's parts, or the flag that sets it)
 MEMBER_RECORD_FIELDS = {"arch": "family", "augment": "augmentation", "epochs": "epochs", "mixup": "--teacher-mixup",
-                        "width": "--teacher-width", "lr": "--teacher-lr", "label_smoothing": "--label-smoothing",
+                        "ema": "--teacher-ema", "width": "--teacher-width", "lr": "--teacher-lr",
+                        "label_smoothing": "--label-smoothing",
                         "dropout": "--student-dropout", "folds": "--teacher-folds", "left_out_fold": "left-out fold",
                         "fold_seed": "fold seed"}
 
@@ -112,7 +114,7 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
     tsize = int(t_imgs.x.shape[1])
     fit = dict(cfg=cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, strategy=strategy,
                label_smoothing=cfg.label_smoothing, augment=cfg.teacher_augment or cfg.augment,
-               mixup=cfg.teacher_mixup)
+               mixup=cfg.teacher_mixup, ema=cfg.teacher_ema)
     data = (t_imgs.x[splits.train], y_tr, sw, t_imgs.x[splits.val], imgs.labels[splits.val])
     if cfg.teacher_recipe == "efficientnetb0":
         _log(f"teacher: training EfficientNetB0 at {tsize}px for up to {cfg.teacher_epochs} epochs")
@@ -130,8 +132,8 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         # fixed when members of another spec are added.
         seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs, arch)))
         k = cfg.teacher_folds
-        info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "seed": seed,
-                "width": cfg.teacher_width, "lr": cfg.teacher_lr, "label_smoothing": cfg.label_smoothing,
+        info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "ema": cfg.teacher_ema,
+                "seed": seed, "width": cfg.teacher_width, "lr": cfg.teacher_lr, "label_smoothing": cfg.label_smoothing,
                 "dropout": cfg.student_dropout,
                 "folds": k, "left_out_fold": i % k if k else None, "fold_seed": cfg.split_seed if k else None}
         info_path = path.with_suffix(".json")
@@ -194,6 +196,8 @@ def run(cfg) -> int:
         raise DataError(f"--dkd-beta {cfg.dkd_beta:g}: want a weight >= 0")
     if not cfg.teacher_mixup >= 0:
         raise DataError(f"--teacher-mixup {cfg.teacher_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
+    if not 0 <= cfg.teacher_ema < 1:
+        raise DataError(f"--teacher-ema {cfg.teacher_ema:g}: want a momentum in (0, 1), e.g. 0.99, or 0 for none")
     if not cfg.kd_mixup >= 0:
         raise DataError(f"--kd-mixup {cfg.kd_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
     if cfg.kd_mixup > 0 and (cfg.teacher_mode != "consistent" or cfg.kd_loss != "hinton"):

@@ -115,12 +115,16 @@ def _schedule(lr, epochs, steps):
                                                   warmup_target=lr, warmup_steps=warm)
 
 
-def _callbacks(stage_dir: Path, patience: int):
+def _callbacks(stage_dir: Path, patience: int, ema: bool = False):
     stage_dir.mkdir(parents=True, exist_ok=True)
     timer = EpochTimer()
+    # With weight averaging, validation scores the averaged weights, and from the end of each epoch they sit in the
+    # model, so early stopping keeps the best average. After the backup: a resumed run restarts from the raw weights.
+    swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else []
     return timer, [
         # Killed runs resume from the last finished epoch (weights, optimizer, epoch counter).
         keras.callbacks.BackupAndRestore(str(stage_dir / "backup")),
+        *swap,
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
                                       restore_best_weights=True, verbose=1),
         keras.callbacks.CSVLogger(str(stage_dir / "history.csv"), append=True),
@@ -129,12 +133,14 @@ def _callbacks(stage_dir: Path, patience: int):
 
 
 def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strategy, label_smoothing=0.0,
-                   seed=None, augment=None, mixup=0.0, extra_callbacks=()):
-    """Plain supervised training (the teacher)."""
+                   seed=None, augment=None, mixup=0.0, ema=0.0, extra_callbacks=()):
+    """Plain supervised training (the teacher); ema > 0 keeps a moving average of the weights, with that momentum."""
     n = model.output_shape[-1]
     steps = max(len(x) // cfg.batch_size, 1)
     with strategy.scope():
-        model.compile(optimizer=keras.optimizers.AdamW(_schedule(lr, epochs, steps), weight_decay=cfg.weight_decay),
+        opt = keras.optimizers.AdamW(_schedule(lr, epochs, steps), weight_decay=cfg.weight_decay, use_ema=ema > 0,
+                                     ema_momentum=ema if ema > 0 else 0.99)
+        model.compile(optimizer=opt,
                       loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=False)
     onehot = np.eye(n, dtype=np.float32)
@@ -142,7 +148,7 @@ def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strat
     train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=augment or cfg.augment, seed=seed,
                             mixup=mixup)
     val_ds = make_dataset(xv, onehot[yv], batch=cfg.batch_size)
-    timer, cbs = _callbacks(Path(stage_dir), cfg.patience)
+    timer, cbs = _callbacks(Path(stage_dir), cfg.patience, ema=ema > 0)
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=VERBOSE)
     return timer.seconds
 
