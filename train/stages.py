@@ -139,7 +139,7 @@ def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strat
     steps = max(len(x) // cfg.batch_size, 1)
     with strategy.scope():
         opt = keras.optimizers.AdamW(_schedule(lr, epochs, steps), weight_decay=cfg.weight_decay, use_ema=ema > 0,
-                                     ema_momentum=ema if ema > 0 else 0.99)
+                                     ema_momentum=ema)
         model.compile(optimizer=opt,
                       loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=False)
