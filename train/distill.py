@@ -27,7 +27,6 @@ alpha = 1 with no teacher is the no-KD baseline: same loop, same budget.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 
@@ -114,6 +113,11 @@ class Distiller(keras.Model):
         if sample_weight is not None:
             per_example = per_example * ops.cast(sample_weight, per_example.dtype)
         loss = ops.mean(per_example)
+        # tf.distribute exists only under TensorFlow; tools/gpu_patient_kd.py imports this module under JAX.
+        if keras.backend.backend() != "tensorflow":
+            return loss
+        import tensorflow as tf
+
         # Each replica sees 1/n of the global batch; gradients are summed across replicas.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return loss / replicas if replicas > 1 else loss
