@@ -12,8 +12,8 @@ here, on the test split that never leaves this machine.
     # there (one process per run; a scratch run waits for the epoch count of the KD run with its seed)
     KERAS_BACKEND=jax python tools/gpu_patient_kd.py train --pack gpu_carry --mode kd --seed 42 --minutes 6 --out $OUT
     KERAS_BACKEND=jax python tools/gpu_patient_kd.py train --pack gpu_carry --mode scratch --seed 42 --out $OUT
-    # here
-    PYTHONPATH=. .venv/bin/python tools/score_models.py OUT/kd_seed42.keras OUT/scratch_seed42.keras
+    # here: score every returned student on validation and test, pair KD with scratch by seed
+    PYTHONPATH=. .venv/bin/python tools/gpu_patient_kd.py report OUT_DIR... --out docs/gpu_patient_kd.json
 
 Both modes see the same views: the "geo" augmentation (flip, rotation, zoom, shift; black border) and mixup
 blends (Beta(a, a)), as `--augment geo --teacher-mode consistent --kd-mixup a`. kd: the teacher scores each
@@ -230,6 +230,42 @@ def train(args):
     print(f"{name}: saved {out / (name + '.keras')}, final val {100 * curve[-1]['val_accuracy']:.2f}%", flush=True)
 
 
+def report(args):
+    """Score the returned students here, on the validation and test splits, and pair each KD run with the
+    label-only run of the same seed."""
+    import keras
+
+    from train import stages
+    from train.config import Config
+    from train.data import prepare
+
+    cfg = Config(data=args.data)
+    s = prepare(cfg, log=lambda *a, **k: None)
+    rows = {}
+    for d in args.dirs:
+        for j in sorted(Path(d).glob("*.json")):
+            run = json.loads(j.read_text())
+            model = keras.models.load_model(j.with_suffix(".keras"))
+            row = {k: run[k] for k in ("run", "mode", "seed", "epochs_planned", "epochs_done", "seconds_per_epoch",
+                                       "train_seconds", "device", "jax", "keras")}
+            row["gpu_final_val"] = round(100 * run["curve"][-1]["val_accuracy"], 2)
+            row["val_curve"] = [[c["epoch"], round(100 * c["val_accuracy"], 2)] for c in run["curve"]]
+            for split, idx in (("val", s.val), ("test", s.test)):
+                pred = stages.predict_logits(model, s.images.x[idx]).argmax(1)
+                row[split] = round(100 * float(np.mean(pred == s.images.labels[idx])), 2)
+            rows[row["run"]] = row
+    for row in rows.values():
+        base = rows.get(f"scratch_seed{row['seed']}")
+        if row["mode"] == "kd" and base:
+            row["minus_scratch"] = {k: round(row[k] - base[k], 2) for k in ("val", "test")}
+    Path(args.out).write_text(json.dumps(list(rows.values()), indent=1) + "\n")
+    for r in rows.values():
+        gain = r.get("minus_scratch")
+        print(f"{r['run']:<16} {r['epochs_done']:>4}/{r['epochs_planned']:<4} epochs  val {r['val']:.2f}  "
+              f"test {r['test']:.2f}" + (f"  minus scratch: val {gain['val']:+.2f} test {gain['test']:+.2f}"
+                                         if gain else ""))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -251,8 +287,12 @@ def main():
     b.add_argument("--hard-stop-minutes", type=float, default=9.0, help="save what there is after this long")
     b.add_argument("--subset", type=int, default=0, help="train on the first N images only (smoke test)")
     b.add_argument("--out", required=True)
+    c = sub.add_parser("report")
+    c.add_argument("dirs", nargs="+", help="folders of returned runs (<run>.json + <run>.keras)")
+    c.add_argument("--data", default="../shared/data/brain-tumor-mri/Training")
+    c.add_argument("--out", default="docs/gpu_patient_kd.json")
     args = p.parse_args()
-    pack(args) if args.cmd == "pack" else train(args)
+    {"pack": pack, "train": train, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":

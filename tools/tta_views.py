@@ -79,13 +79,13 @@ def main():
     for i, path in enumerate(a.members):
         print(f"member {i}: {path}")
         for name, views in VIEW_SETS.items():
-            print(f"    {name:11s} {acc([i], lambda _: views)}")
+            print(f"    {name:11s} {acc([i], lambda _, v=views: v)}")
     for g in a.group:
         members = [int(i) for i in g.split(",")]
         print(f"ensemble {g}   (every member / only --geo members {sorted(geo & set(members))} under the views)")
         for name, views in VIEW_SETS.items():
-            print(f"    {name:11s} {acc(members, lambda _: views)}   |   "
-                  f"{acc(members, lambda i: views if i in geo else ['id'])}")
+            print(f"    {name:11s} {acc(members, lambda _, v=views: v)}   |   "
+                  f"{acc(members, lambda i, v=views: v if i in geo else ['id'])}")
 
 
 if __name__ == "__main__":
