@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -81,14 +82,15 @@ def geo_views(x, key, rotation=0.04, zoom=0.1, shift=0.06):
 
 
 def lr_at(step, total, warm, lr, floor=0.01):
-    """train/stages.py _schedule: linear warm-up from lr / 10 over one epoch, then cosine decay to lr * floor."""
-    import jax.numpy as jnp
+    """train/stages.py _schedule: linear warm-up from lr / 10 over one epoch, then cosine decay to lr * floor.
+    In Keras ops, so a test checks it against that Keras schedule under TensorFlow; `total` may be traced."""
+    from keras import ops
 
-    step = step.astype(jnp.float32)
+    step = ops.cast(step, "float32")
     up = lr * 0.1 + (lr - lr * 0.1) * step / warm
-    frac = jnp.clip((step - warm) / jnp.maximum(total - warm, 1.0), 0.0, 1.0)
-    down = lr * ((1 - floor) * 0.5 * (1 + jnp.cos(jnp.pi * frac)) + floor)
-    return jnp.where(step < warm, up, down)
+    frac = ops.clip((step - warm) / ops.maximum(total - warm, 1.0), 0.0, 1.0)
+    down = lr * ((1 - floor) * 0.5 * (1 + ops.cos(math.pi * frac)) + floor)
+    return ops.where(step < warm, up, down)
 
 
 def train(args):
