@@ -181,6 +181,33 @@ def test_kd_mixup_teacher_scores_the_blends_and_only_the_distilled_student_sees_
         assert err.count("\n") == 0 and "--kd-mixup" in err and not (tmp_path / "bad").exists()
 
 
+def test_baseline_mixup_reaches_only_the_label_only_student_and_patience_0_keeps_every_epoch(tiny_run, phantoms,
+                                                                                            tmp_path, monkeypatch,
+                                                                                            capsys):
+    from train import stages
+    from train.run import main, run
+
+    seen = []  # (mixup asked of a training dataset, whether a teacher was given) per student run
+    fit, make = stages.fit_student, stages.make_dataset
+    monkeypatch.setattr(stages, "make_dataset", lambda *a, **k: seen.append(k.get("mixup", 0.0)) or make(*a, **k))
+    monkeypatch.setattr(stages, "fit_student", lambda s, t, *a, **k: seen.append(t is not None) or fit(s, t, *a, **k))
+    cfg = tiny_config(phantoms, tmp_path, teacher=str(tiny_run / "teacher.keras"), baseline_mixup=0.4, patience=0,
+                      student_epochs=3)
+    assert run(cfg) == 0
+    # per student: the teacher flag, its training set's mixup, then validation's (0)
+    assert seen == [True, 0.0, 0.0, False, 0.4, 0.0]
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["config"]["baseline_mixup"] == 0.4
+    assert len(m["results"]["baseline"]["epoch_seconds"]) == 3  # no early stopping: every epoch ran
+    # early stopping only when patience > 0; it keeps the best epoch's weights, 0 keeps the last
+    kinds = lambda p: [type(c).__name__ for c in stages._callbacks(tmp_path / f"cb{p}", p)[1]]  # noqa: E731
+    assert "EarlyStopping" in kinds(3) and "EarlyStopping" not in kinds(0)
+    for bad in (["--baseline-mixup", "-1"], ["--patience", "-1"]):
+        assert main(["--data", str(phantoms / "Training"), *bad, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and bad[0] in err and not (tmp_path / "bad").exists()
+
+
 def test_dkd_flag_reaches_the_distiller_and_only_the_distilled_student(tiny_run, phantoms, tmp_path, monkeypatch,
                                                                       capsys):
     from train import stages

@@ -71,12 +71,18 @@ class Config:
     # scores each blend, so its targets are soft where the labels are not ("function matching", Beyer et al.
     # 2022); the scratch student is unchanged. 0 = off.
     kd_mixup: float = 0.0
+    # > 0: the label-only student (the baseline) trains on mixup blends of images and of labels, lam ~ Beta(a, a): the
+    # views a --kd-mixup student sees, so the two differ only by the teacher. Trained long on a GPU, this label-only
+    # recipe beat every distilled student (docs/teacher.md, "On a lent GPU"). 0 = off.
+    baseline_mixup: float = 0.0
     tta: bool = True               # cached logits averaged over a horizontal flip
     baseline: bool = True          # also train the same student without a teacher
     # optimisation
     batch_size: int = 64
     weight_decay: float = 1e-4
-    patience: int = 10             # validation accuracy is noisy epoch to epoch: stop late, restore the best
+    # validation accuracy is noisy epoch to epoch: stop late, restore the best. 0 = no early stopping: every epoch
+    # runs and the last weights are kept (long schedules, as in Beyer et al. 2022).
+    patience: int = 10
     class_balance: bool = True
     # none | flip | geo (flip + small rotation/zoom/shift) | full (geo + contrast/brightness). "flip": on the real data
     # it beat "full" by 7.6 points and "none" by 3 (docs/teacher.md), and flip-TTA cached logits stay exact for it.

@@ -198,6 +198,10 @@ def run(cfg) -> int:
         raise DataError(f"--teacher-mixup {cfg.teacher_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
     if not 0 <= cfg.teacher_ema < 1:
         raise DataError(f"--teacher-ema {cfg.teacher_ema:g}: want a momentum in (0, 1), e.g. 0.99, or 0 for none")
+    if not cfg.baseline_mixup >= 0:
+        raise DataError(f"--baseline-mixup {cfg.baseline_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
+    if cfg.patience < 0:
+        raise DataError(f"--patience {cfg.patience}: want epochs without improvement >= 1, or 0 for no early stopping")
     if not cfg.kd_mixup >= 0:
         raise DataError(f"--kd-mixup {cfg.kd_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
     if cfg.kd_mixup > 0 and (cfg.teacher_mode != "consistent" or cfg.kd_loss != "hinton"):

@@ -125,8 +125,8 @@ def _callbacks(stage_dir: Path, patience: int, ema: bool = False):
         # Killed runs resume from the last finished epoch (weights, optimizer, epoch counter).
         keras.callbacks.BackupAndRestore(str(stage_dir / "backup")),
         *swap,
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
-                                      restore_best_weights=True, verbose=1),
+        *([keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
+                                         restore_best_weights=True, verbose=1)] if patience > 0 else []),
         keras.callbacks.CSVLogger(str(stage_dir / "history.csv"), append=True),
         timer,
     ]
@@ -169,8 +169,11 @@ def fit_student(student, teacher, x, y, sw, teacher_logits, xv, yv, cfg, *, alph
         size = student.input_shape[1]
         distiller(np.zeros((1, size, size, 1), np.float32))  # BackupAndRestore needs a built model
     target = y if teacher_logits is None else {"label": y, "teacher_logits": teacher_logits.astype(np.float32)}
-    mixup = cfg.kd_mixup if use_teacher is not None and alpha < 1.0 else 0.0
-    if mixup:  # blended one-hot labels; the teacher scores the blended images themselves
+    if teacher is None:  # the label-only student
+        mixup = cfg.baseline_mixup
+    else:  # cached logits belong to unblended images: blends only when the teacher runs on them
+        mixup = cfg.kd_mixup if use_teacher is not None and alpha < 1.0 else 0.0
+    if mixup:  # blended one-hot labels; a teacher scores the blended images themselves
         target = np.eye(int(student.output_shape[-1]), dtype=np.float32)[y]
     train_ds = make_dataset(x, target, sw, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
                             mixup=mixup)
