@@ -176,9 +176,8 @@ def train(args):
         return jax.lax.scan(lambda s, a: step_fn(s, a[0], a[1], total), state, (idx, keys))
 
     @jax.jit
-    def val_accuracy(tv, ntv):
-        logits = student.stateless_call(tv, ntv, x_val, training=False)[0]
-        return logits
+    def val_logits(tv, ntv):
+        return student.stateless_call(tv, ntv, x_val, training=False)[0]
 
     key = jax.random.PRNGKey(args.seed)
     epoch_s = float("nan")
@@ -212,7 +211,7 @@ def train(args):
         state, losses = run_epoch(state, k, total)
         stop = time.time() > hard_stop
         if (e + 1) % max(1, epochs // 20) == 0 or e + 1 == epochs or stop:
-            acc = float(np.mean(np.asarray(val_accuracy(state[0], state[1])).argmax(1) == y_val))
+            acc = float(np.mean(np.asarray(val_logits(state[0], state[1])).argmax(1) == y_val))
             curve.append({"epoch": e + 1, "loss": float(jnp.mean(losses)), "val_accuracy": acc,
                           "seconds": round(time.time() - t_train, 1)})
             print(f"{name}: epoch {e + 1}/{epochs} loss {curve[-1]['loss']:.4f} val {100 * acc:.2f}%", flush=True)
@@ -225,7 +224,8 @@ def train(args):
         v.assign(val)
     student.save(out / f"{name}.keras")
     log_path.write_text(json.dumps({
-        "run": name, "mode": args.mode, "seed": args.seed, "alpha": alpha, "temperature": cfg.temperature,
+        "run": name, "mode": args.mode, "teacher": args.teacher if args.mode == "kd" else None, "seed": args.seed,
+        "alpha": alpha, "temperature": cfg.temperature,
         "mixup": args.mixup, "augment": "geo", "epochs_planned": epochs, "epochs_done": e + 1,
         "seconds_per_epoch": round((time.time() - t_train) / (e + 1), 3), "train_seconds": round(time.time() - t_train, 1),
         "device": str(jax.devices()[0]), "jax": jax.__version__, "keras": keras.__version__, "curve": curve}, indent=1))
@@ -250,6 +250,7 @@ def report(args):
             model = keras.models.load_model(j.with_suffix(".keras"))
             row = {k: run[k] for k in ("run", "mode", "seed", "epochs_planned", "epochs_done", "seconds_per_epoch",
                                        "train_seconds", "device", "jax", "keras")}
+            row["teacher"] = run.get("teacher")  # recorded by runs since; None in the first ones
             row["gpu_final_val"] = round(100 * run["curve"][-1]["val_accuracy"], 2)
             row["val_curve"] = [[c["epoch"], round(100 * c["val_accuracy"], 2)] for c in run["curve"]]
             for split, idx in (("val", s.val), ("test", s.test)):
