@@ -1,7 +1,9 @@
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -206,6 +208,19 @@ def test_baseline_mixup_reaches_only_the_label_only_student_and_patience_0_keeps
         assert main(["--data", str(phantoms / "Training"), *bad, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and bad[0] in err and not (tmp_path / "bad").exists()
+
+
+def test_a_given_teacher_sees_its_own_resolution(tiny_run, phantoms, tmp_path):
+    from train.run import run
+
+    # the tiny run's teacher takes 32px; this run would otherwise feed it the student's 48px images
+    cfg = tiny_config(phantoms, tmp_path, teacher=str(tiny_run / "teacher.keras"), teacher_size=0, student_epochs=1,
+                      baseline=False)
+    assert run(cfg) == 0
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["config"]["teacher_size"] == 32 and m["config"]["image_size"] == 48
+    assert m["results"]["teacher"]["test"]["accuracy"] == json.loads(
+        (tiny_run / "manifest.json").read_text())["results"]["teacher"]["test"]["accuracy"]
 
 
 def test_dkd_flag_reaches_the_distiller_and_only_the_distilled_student(tiny_run, phantoms, tmp_path, monkeypatch,
@@ -474,9 +489,37 @@ def test_teacher_member_specs(capsys, tmp_path, tiny_run):
                  "32", "--teacher-members", "flip:2:res", "--cache-dir", cfg["cache_dir"], "--out", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "augmentation geo (this run wants flip), epochs 1 (this run wants 2)" in err
+    # nor one that early stopping could have cut short, in a run that wants every epoch
+    assert main(["--data", cfg["data"], "--test-data", cfg["test_data"], "--image-size", "48", "--teacher-size",
+                 "32", "--teacher-members", "geo:1:res", "--patience", "20", "--teacher-patience", "0",
+                 "--cache-dir", cfg["cache_dir"], "--out", str(other)]) == 2
+    assert "--teacher-patience 20 (this run wants 0)" in capsys.readouterr().err
     from train import config, models
 
     assert set(config.MEMBER_ARCHS) == set(models.MEMBER_ARCHS)  # the flag's choices are the families built
+
+
+def test_teacher_patience_reaches_only_the_members(phantoms, tmp_path, monkeypatch, capsys):
+    from train import stages
+    from train.run import main, run
+
+    seen = []  # (stage folder, early stopping's patience) per fit
+    cbs = stages._callbacks
+    monkeypatch.setattr(stages, "_callbacks", lambda d, p, **k: seen.append((Path(d).name, p)) or cbs(d, p, **k))
+    cfg = tiny_config(phantoms, tmp_path, teacher_members="none:2", teacher_patience=0, patience=1, student_epochs=2,
+                      baseline=False)
+    assert run(cfg) == 0
+    assert seen == [("teacher_member0", 0), ("student", 1)]
+    member = json.loads((tmp_path / "run" / "teacher_member0.json").read_text())
+    assert member["patience"] == 0 and member["epochs"] == 2
+    assert len(stages.read_history(tmp_path / "run" / "stages" / "teacher_member0")["accuracy"]) == 2
+    # -1 (the default) means --patience
+    seen.clear()
+    assert run(dataclasses.replace(cfg, teacher_patience=-1, out=str(tmp_path / "run2"), student_epochs=1)) == 0
+    assert seen == [("teacher_member0", 1), ("student", 1)]
+    assert main(["--data", str(phantoms / "Training"), "--teacher-patience", "-2", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--teacher-patience" in err and not (tmp_path / "bad").exists()
 
 
 def test_out_of_fold_logits_come_only_from_members_that_never_saw_the_image():

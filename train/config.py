@@ -50,6 +50,9 @@ class Config:
     # > 0: members keep an exponential moving average of their weights (Polyak averaging, this momentum per step);
     # validation, early stopping and the saved member all use the average. 0 = off.
     teacher_ema: float = 0.0
+    # early stopping of the teacher's members: epochs without a better validation score; 0 = none (every epoch runs,
+    # the last weights are kept); -1 = --patience.
+    teacher_patience: int = -1
     # augmentation of the teacher's training images; "" = augment. The teacher's logits are cached on the clean
     # (and flipped) images, so the teacher may train on views the student never sees.
     teacher_augment: str = ""

@@ -90,7 +90,8 @@ MEMBER_RECORD_DEFAULTS = {"arch": "dw", "mixup": 0.0, "ema": 0.0, "folds": 0, "l
 MEMBER_RECORD_FIELDS = {"arch": "family", "augment": "augmentation", "epochs": "epochs", "mixup": "--teacher-mixup",
                         "ema": "--teacher-ema", "width": "--teacher-width", "lr": "--teacher-lr",
                         "label_smoothing": "--label-smoothing",
-                        "dropout": "--student-dropout", "folds": "--teacher-folds", "left_out_fold": "left-out fold",
+                        "dropout": "--student-dropout", "patience": "--teacher-patience", "folds": "--teacher-folds",
+                        "left_out_fold": "left-out fold",
                         "fold_seed": "fold seed"}
 
 
@@ -99,6 +100,10 @@ def member_mismatch(old: dict, want: dict) -> str:
     old = {**MEMBER_RECORD_DEFAULTS, **old}
     diff = [f for f in MEMBER_RECORD_FIELDS if f in old and old[f] != want[f]]
     return ", ".join(f"{MEMBER_RECORD_FIELDS[f]} {old[f]} (this run wants {want[f]})" for f in diff)
+
+
+def teacher_patience(cfg) -> int:
+    return cfg.patience if cfg.teacher_patience < 0 else cfg.teacher_patience
 
 
 def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times, folds=None):
@@ -114,7 +119,7 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
     tsize = int(t_imgs.x.shape[1])
     fit = dict(cfg=cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, strategy=strategy,
                label_smoothing=cfg.label_smoothing, augment=cfg.teacher_augment or cfg.augment,
-               mixup=cfg.teacher_mixup, ema=cfg.teacher_ema)
+               mixup=cfg.teacher_mixup, ema=cfg.teacher_ema, patience=teacher_patience(cfg))
     data = (t_imgs.x[splits.train], y_tr, sw, t_imgs.x[splits.val], imgs.labels[splits.val])
     if cfg.teacher_recipe == "efficientnetb0":
         _log(f"teacher: training EfficientNetB0 at {tsize}px for up to {cfg.teacher_epochs} epochs")
@@ -134,7 +139,7 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         k = cfg.teacher_folds
         info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "ema": cfg.teacher_ema,
                 "seed": seed, "width": cfg.teacher_width, "lr": cfg.teacher_lr, "label_smoothing": cfg.label_smoothing,
-                "dropout": cfg.student_dropout,
+                "dropout": cfg.student_dropout, "patience": teacher_patience(cfg),
                 "folds": k, "left_out_fold": i % k if k else None, "fold_seed": cfg.split_seed if k else None}
         info_path = path.with_suffix(".json")
         if path.is_file():
@@ -202,6 +207,9 @@ def run(cfg) -> int:
         raise DataError(f"--baseline-mixup {cfg.baseline_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
     if cfg.patience < 0:
         raise DataError(f"--patience {cfg.patience}: want epochs without improvement >= 1, or 0 for no early stopping")
+    if cfg.teacher_patience < -1:
+        raise DataError(f"--teacher-patience {cfg.teacher_patience}: want epochs without improvement >= 1, 0 for no "
+                        f"early stopping, or -1 for --patience")
     if not cfg.kd_mixup >= 0:
         raise DataError(f"--kd-mixup {cfg.kd_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
     if cfg.kd_mixup > 0 and (cfg.teacher_mode != "consistent" or cfg.kd_loss != "hinton"):
@@ -221,6 +229,24 @@ def run(cfg) -> int:
         "train": [imgs.paths[i] for i in splits.train], "val": [imgs.paths[i] for i in splits.val],
         "test": [timgs.paths[i] for i in splits.test],
     })
+    strategy = stages.make_strategy(cfg.strategy)
+    t0 = time.time()
+    teacher_paths = [Path(p) for p in cfg.teacher.split(",") if p] or [out / "teacher.keras"]
+    teacher_path = teacher_paths[0]
+    missing = [str(p) for p in teacher_paths if not p.is_file()]
+    if cfg.teacher and missing:
+        raise DataError(f"teacher model not found: {', '.join(missing)}")
+    loaded = []
+    if not missing:
+        _log(f"teacher: loading {', '.join(map(str, teacher_paths))}")
+        with strategy.scope():
+            loaded = [keras.models.load_model(p) for p in teacher_paths]
+        sizes = {int(m.input_shape[1]) for m in loaded}
+        if len(sizes) == 1 and sizes != {cfg.teacher_size or cfg.image_size}:
+            # A teacher sees its own resolution, resampled from the file as in its training, not a resized image.
+            _log(f"teacher takes {min(sizes)}px: its images are loaded at that size (not --teacher-size "
+                 f"{cfg.teacher_size or cfg.image_size})")
+            cfg = dataclasses.replace(cfg, teacher_size=min(sizes))
     tsize = cfg.teacher_size or cfg.image_size
     if tsize != cfg.image_size:  # same files, same order: reuse the split's indices
         t_imgs = load_folder(cfg.data, tsize, cfg.cache_dir)
@@ -231,22 +257,13 @@ def run(cfg) -> int:
     sw = class_weights(y_tr, n)[y_tr] if cfg.class_balance else np.ones(len(y_tr), np.float32)
     folds = fold_ids(y_tr, cfg.teacher_folds, cfg.split_seed) if cfg.teacher_folds else None
 
-    strategy = stages.make_strategy(cfg.strategy)
     results, times, epoch_times = {}, {}, {}
 
     # ---- teacher -------------------------------------------------------------------------
-    t0 = time.time()
-    teacher_paths = [Path(p) for p in cfg.teacher.split(",") if p] or [out / "teacher.keras"]
-    teacher_path = teacher_paths[0]
-    missing = [str(p) for p in teacher_paths if not p.is_file()]
-    if cfg.teacher and missing:
-        raise DataError(f"teacher model not found: {', '.join(missing)}")
-    if not missing:
-        _log(f"teacher: loading {', '.join(map(str, teacher_paths))}")
+    if loaded:
         with strategy.scope():
-            members = [keras.models.load_model(p) for p in teacher_paths]
             # Several teachers: one model whose logits are the members' mean.
-            teacher = members[0] if len(members) == 1 else stages.ensemble(members, tsize)
+            teacher = loaded[0] if len(loaded) == 1 else stages.ensemble(loaded, tsize)
     else:
         teacher = train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_times, folds)
         stages.save_model(teacher, teacher_path)

@@ -133,8 +133,9 @@ def _callbacks(stage_dir: Path, patience: int, ema: bool = False):
 
 
 def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strategy, label_smoothing=0.0,
-                   seed=None, augment=None, mixup=0.0, ema=0.0, extra_callbacks=()):
-    """Plain supervised training (the teacher); ema > 0 keeps a moving average of the weights, with that momentum."""
+                   seed=None, augment=None, mixup=0.0, ema=0.0, patience=None, extra_callbacks=()):
+    """Plain supervised training (the teacher); ema > 0 keeps a moving average of the weights, with that momentum.
+    patience: early stopping's (0 = none, keep the last weights); None = cfg.patience."""
     n = model.output_shape[-1]
     steps = max(len(x) // cfg.batch_size, 1)
     with strategy.scope():
@@ -148,7 +149,7 @@ def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strat
     train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=augment or cfg.augment, seed=seed,
                             mixup=mixup)
     val_ds = make_dataset(xv, onehot[yv], batch=cfg.batch_size)
-    timer, cbs = _callbacks(Path(stage_dir), cfg.patience, ema=ema > 0)
+    timer, cbs = _callbacks(Path(stage_dir), cfg.patience if patience is None else patience, ema=ema > 0)
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=VERBOSE)
     return timer.seconds
 
