@@ -421,6 +421,39 @@ def test_mixup_blends_images_targets_and_weights_alike(capsys, tmp_path):
     assert err.count("\n") == 0 and "--teacher-mixup -1" in err and not (tmp_path / "o").exists()
 
 
+def test_cutmix_pastes_boxes_and_mixes_targets_and_weights_by_area(capsys, tmp_path):
+    from train import stages
+    from train.run import main
+
+    y = np.arange(64) % 4
+    x = np.repeat((60 * y).astype(np.uint8)[:, None, None], 16 * 16).reshape(64, 16, 16)  # class c: constant 60c
+    sw = (1.0 + y).astype(np.float32)
+    (xb, tb, wb), = stages.make_dataset(x, np.eye(4, dtype=np.float32)[y], sw, batch=64, shuffle=True,
+                                        seed=1, cutmix=1.0).take(1)
+    xb, tb, wb = xb.numpy(), tb.numpy(), wb.numpy()
+    np.testing.assert_allclose(tb.sum(1), 1.0, rtol=1e-5)
+    # pixels are copied, never blended: every pixel is one of the class constants
+    assert set(np.unique(xb)) <= {0.0, 60.0, 120.0, 180.0}
+    # a label's share is its image's share of the pixels, and the sample weights mix alike
+    for c in range(4):
+        np.testing.assert_allclose((xb[..., 0] == 60.0 * c).mean((1, 2)), tb[:, c], atol=1e-6)
+    np.testing.assert_allclose(wb, tb @ (1.0 + np.arange(4)), rtol=1e-5)
+
+    def is_box(m):
+        r, c = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        return m.sum() == len(r) * len(c) == (np.ptp(r) + 1) * (np.ptp(c) + 1)
+
+    # what was pasted is one rectangle
+    two = [i for i in range(64) if (tb[i] > 0).sum() == 2]
+    assert len(two) >= 30
+    assert all(any(is_box(xb[i, :, :, 0] == 60.0 * c) for c in np.flatnonzero(tb[i] > 0)) for i in two)
+    assert (tb.max(1) < 0.9).sum() >= 8  # Beta(1, 1) areas: often a large box
+    for bad in (["--teacher-cutmix", "-1"], ["--teacher-cutmix", "1", "--teacher-mixup", "0.4"]):
+        assert main([*bad, "--out", str(tmp_path / "o")]) == 2  # refused before any work
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--teacher-cutmix" in err and not (tmp_path / "o").exists()
+
+
 def test_weight_averaging_changes_what_validation_scores_not_how_members_train(capsys, tmp_path):
     from train import stages
     from train.config import Config
@@ -484,6 +517,10 @@ def test_teacher_member_specs(capsys, tmp_path, tiny_run):
                  "32", "--teacher-members", "geo:1:res", "--teacher-mixup", "0.2", "--cache-dir", cfg["cache_dir"],
                  "--out", str(other)]) == 2
     assert "--teacher-mixup 0.0 (this run wants 0.2)" in capsys.readouterr().err
+    assert main(["--data", cfg["data"], "--test-data", cfg["test_data"], "--image-size", "48", "--teacher-size",
+                 "32", "--teacher-members", "geo:1:res", "--teacher-cutmix", "1", "--cache-dir", cfg["cache_dir"],
+                 "--out", str(other)]) == 2
+    assert "--teacher-cutmix 0.0 (this run wants 1.0)" in capsys.readouterr().err
     # nor one trained on other views or for other epochs (a changed --teacher-members over a finished run)
     assert main(["--data", cfg["data"], "--test-data", cfg["test_data"], "--image-size", "48", "--teacher-size",
                  "32", "--teacher-members", "flip:2:res", "--cache-dir", cfg["cache_dir"], "--out", str(other)]) == 2

@@ -47,6 +47,7 @@ class Config:
     teacher_dropout: float = 0.3   # EfficientNetB0 head
     label_smoothing: float = 0.0   # smoothed teachers distill worse (Mueller et al. 2019)
     teacher_mixup: float = 0.0     # > 0: members train on mixup blends, lam ~ Beta(a, a); 0 = off
+    teacher_cutmix: float = 0.0    # > 0 (instead of mixup): members train on cutmix, pasted area ~ 1 - Beta(a, a); 0 = off
     # > 0: members keep an exponential moving average of their weights (Polyak averaging, this momentum per step);
     # validation, early stopping and the saved member all use the average. 0 = off.
     teacher_ema: float = 0.0

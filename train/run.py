@@ -81,15 +81,16 @@ def oof_logits(member_logits: list[np.ndarray], folds: np.ndarray, k: int) -> np
     return out
 
 
-# What a member's record says when it lacks a field: records from before folds, families, mixup and EMA existed
-# belong to whole-split "dw" members without mixup or EMA. Other missing fields (a member copied in without its record)
-# are unknown and not compared. The seed is never compared: a run with another --seed may reuse members on purpose.
-MEMBER_RECORD_DEFAULTS = {"arch": "dw", "mixup": 0.0, "ema": 0.0, "folds": 0, "left_out_fold": None,
+# What a member's record says when it lacks a field: records from before folds, families, mixup, cutmix and EMA
+# existed belong to whole-split "dw" members without mixup, cutmix or EMA. Other missing fields (a member copied in
+# without its record) are unknown and not compared. The seed is never compared: a run with another --seed may reuse
+# members on purpose.
+MEMBER_RECORD_DEFAULTS = {"arch": "dw", "mixup": 0.0, "cutmix": 0.0, "ema": 0.0, "folds": 0, "left_out_fold": None,
                           "fold_seed": None}
 # record field -> how the error names it (the member spec's parts, or the flag that sets it)
 MEMBER_RECORD_FIELDS = {"arch": "family", "augment": "augmentation", "epochs": "epochs", "mixup": "--teacher-mixup",
-                        "ema": "--teacher-ema", "width": "--teacher-width", "lr": "--teacher-lr",
-                        "label_smoothing": "--label-smoothing",
+                        "cutmix": "--teacher-cutmix", "ema": "--teacher-ema", "width": "--teacher-width",
+                        "lr": "--teacher-lr", "label_smoothing": "--label-smoothing",
                         "dropout": "--student-dropout", "patience": "--teacher-patience", "folds": "--teacher-folds",
                         "left_out_fold": "left-out fold",
                         "fold_seed": "fold seed"}
@@ -119,7 +120,7 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
     tsize = int(t_imgs.x.shape[1])
     fit = dict(cfg=cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, strategy=strategy,
                label_smoothing=cfg.label_smoothing, augment=cfg.teacher_augment or cfg.augment,
-               mixup=cfg.teacher_mixup, ema=cfg.teacher_ema, patience=teacher_patience(cfg))
+               mixup=cfg.teacher_mixup, cutmix=cfg.teacher_cutmix, ema=cfg.teacher_ema, patience=teacher_patience(cfg))
     data = (t_imgs.x[splits.train], y_tr, sw, t_imgs.x[splits.val], imgs.labels[splits.val])
     if cfg.teacher_recipe == "efficientnetb0":
         _log(f"teacher: training EfficientNetB0 at {tsize}px for up to {cfg.teacher_epochs} epochs")
@@ -137,7 +138,8 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         # fixed when members of another spec are added.
         seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs, arch)))
         k = cfg.teacher_folds
-        info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "ema": cfg.teacher_ema,
+        info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "cutmix": cfg.teacher_cutmix,
+                "ema": cfg.teacher_ema,
                 "seed": seed, "width": cfg.teacher_width, "lr": cfg.teacher_lr, "label_smoothing": cfg.label_smoothing,
                 "dropout": cfg.student_dropout, "patience": teacher_patience(cfg),
                 "folds": k, "left_out_fold": i % k if k else None, "fold_seed": cfg.split_seed if k else None}
@@ -201,6 +203,9 @@ def run(cfg) -> int:
         raise DataError(f"--dkd-beta {cfg.dkd_beta:g}: want a weight >= 0")
     if not cfg.teacher_mixup >= 0:
         raise DataError(f"--teacher-mixup {cfg.teacher_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
+    if not cfg.teacher_cutmix >= 0 or (cfg.teacher_cutmix > 0 and cfg.teacher_mixup > 0):
+        raise DataError(f"--teacher-cutmix {cfg.teacher_cutmix:g}: want a Beta parameter > 0, or 0 for no cutmix; "
+                        f"not together with --teacher-mixup")
     if not 0 <= cfg.teacher_ema < 1:
         raise DataError(f"--teacher-ema {cfg.teacher_ema:g}: want a momentum in (0, 1), e.g. 0.99, or 0 for none")
     if not cfg.baseline_mixup >= 0:

@@ -60,11 +60,13 @@ def _pixels(x):
     return tf.cast(x, tf.float32)[..., None]
 
 
-def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment="none", seed=0, mixup=0.0):
+def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment="none", seed=0, mixup=0.0, cutmix=0.0):
     """x: (N, s, s) uint8 in memory; target: labels, one-hot or a dict of arrays.
 
     mixup > 0 (one-hot targets only): each image, after augmentation, is blended with another of its batch,
     weight lam ~ Beta(mixup, mixup), and so are the targets and sample weights (Zhang et al. 2018).
+    cutmix > 0 (one-hot targets only, instead of mixup): a box of another image of the batch, area ~ 1 - lam with
+    lam ~ Beta(cutmix, cutmix), is pasted in; targets and weights mix by the pasted area (Yun et al. 2019).
     """
     items = (x, target) if weights is None else (x, target, weights)
     ds = tf.data.Dataset.from_tensor_slices(items)
@@ -79,19 +81,38 @@ def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment="none
             xb = tf.clip_by_value(aug(xb, training=True), 0.0, 255.0)
         if mixup > 0:
             return _mixed(xb, *t[1:])
+        if cutmix > 0:
+            return _cutmixed(xb, *t[1:])
         return (xb,) + tuple(t[1:])
+
+    def _beta(n, a):
+        g1 = tf.random.gamma([n], a, seed=seed + 7)
+        return g1 / (g1 + tf.random.gamma([n], a, seed=seed + 8))
+
+    def _blend(a, keep, other):
+        w = tf.reshape(keep, [-1] + [1] * (len(a.shape) - 1))
+        return w * a + (1.0 - w) * tf.gather(a, other)
 
     def _mixed(xb, *rest):
         n = tf.shape(xb)[0]
-        g1 = tf.random.gamma([n], mixup, seed=seed + 7)
-        lam = g1 / (g1 + tf.random.gamma([n], mixup, seed=seed + 8))
+        lam, other = _beta(n, mixup), tf.random.shuffle(tf.range(n), seed=seed + 9)
+        return (_blend(xb, lam, other),) + tuple(_blend(tf.cast(r, tf.float32), lam, other) for r in rest)
+
+    def _cutmixed(xb, *rest):
+        n, h, w = tf.shape(xb)[0], tf.shape(xb)[1], tf.shape(xb)[2]
+        side = tf.sqrt(1.0 - _beta(n, cutmix))  # box side / image side, so its area is ~ 1 - lam
+        bh = tf.cast(side * tf.cast(h, tf.float32), tf.int32)
+        bw = tf.cast(side * tf.cast(w, tf.float32), tf.int32)
+        cy = tf.random.uniform([n], 0, h, tf.int32, seed=seed + 10)
+        cx = tf.random.uniform([n], 0, w, tf.int32, seed=seed + 11)
+        rows, cols = tf.range(h)[None], tf.range(w)[None]
+        in_r = (rows >= (cy - bh // 2)[:, None]) & (rows < (cy + bh - bh // 2)[:, None])
+        in_c = (cols >= (cx - bw // 2)[:, None]) & (cols < (cx + bw - bw // 2)[:, None])
+        box = tf.cast(in_r[:, :, None] & in_c[:, None, :], tf.float32)[..., None]  # clipped at the border
         other = tf.random.shuffle(tf.range(n), seed=seed + 9)
-
-        def blend(a):
-            w = tf.reshape(lam, [-1] + [1] * (len(a.shape) - 1))
-            return w * a + (1.0 - w) * tf.gather(a, other)
-
-        return (blend(xb),) + tuple(blend(tf.cast(r, tf.float32)) for r in rest)
+        keep = 1.0 - tf.reduce_mean(box, axis=[1, 2, 3])  # the share of this image left after clipping
+        return ((1.0 - box) * xb + box * tf.gather(xb, other),) + tuple(
+            _blend(tf.cast(r, tf.float32), keep, other) for r in rest)
 
     return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -133,7 +154,7 @@ def _callbacks(stage_dir: Path, patience: int, ema: bool = False):
 
 
 def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strategy, label_smoothing=0.0,
-                   seed=None, augment=None, mixup=0.0, ema=0.0, patience=None, extra_callbacks=()):
+                   seed=None, augment=None, mixup=0.0, cutmix=0.0, ema=0.0, patience=None, extra_callbacks=()):
     """Plain supervised training (the teacher); ema > 0 keeps a moving average of the weights, with that momentum.
     patience: early stopping's (0 = none, keep the last weights); None = cfg.patience."""
     n = model.output_shape[-1]
@@ -147,7 +168,7 @@ def fit_classifier(model, x, y, sw, xv, yv, cfg, *, epochs, lr, stage_dir, strat
     onehot = np.eye(n, dtype=np.float32)
     seed = cfg.seed if seed is None else seed
     train_ds = make_dataset(x, onehot[y], sw, cfg.batch_size, shuffle=True, augment=augment or cfg.augment, seed=seed,
-                            mixup=mixup)
+                            mixup=mixup, cutmix=cutmix)
     val_ds = make_dataset(xv, onehot[yv], batch=cfg.batch_size)
     timer, cbs = _callbacks(Path(stage_dir), cfg.patience if patience is None else patience, ema=ema > 0)
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs + list(extra_callbacks), verbose=VERBOSE)
