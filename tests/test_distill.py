@@ -397,22 +397,31 @@ def test_augment_levels():
         stages.augmenter("strong", 0)
 
 
-def test_mixup_blends_images_targets_and_weights_alike(capsys, tmp_path):
+def _class_constant_batch(side, **blend):
+    """One shuffled batch of 64 images, class c a constant 60c with sample weight 1 + c, through make_dataset."""
     from train import stages
 
     y = np.arange(64) % 4
-    x = np.repeat((60 * y).astype(np.uint8)[:, None, None], 8 * 8).reshape(64, 8, 8)  # class c: constant 60c
+    x = np.repeat((60 * y).astype(np.uint8)[:, None, None], side * side).reshape(64, side, side)
     sw = (1.0 + y).astype(np.float32)
-    (xb, tb, wb), = stages.make_dataset(x, np.eye(4, dtype=np.float32)[y], sw, batch=64, shuffle=True,
-                                        seed=1, mixup=0.4).take(1)
-    xb, tb, wb = xb.numpy(), tb.numpy(), wb.numpy()
+    (xb, tb, wb), = stages.make_dataset(x, np.eye(4, dtype=np.float32)[y], sw, batch=64, shuffle=True, seed=1,
+                                        **blend).take(1)
+    return xb.numpy(), tb.numpy(), wb.numpy()
+
+
+def test_mixup_blends_images_targets_and_weights_alike(capsys, tmp_path):
+    from train import stages
+
+    xb, tb, wb = _class_constant_batch(8, mixup=0.4)
     np.testing.assert_allclose(tb.sum(1), 1.0, rtol=1e-5)
     # each blend is the same convex combination of two images, of their one-hot labels and of their weights
     np.testing.assert_allclose(xb[:, 0, 0, 0], tb @ (60.0 * np.arange(4)), atol=1e-3)
     np.testing.assert_allclose(wb, tb @ (1.0 + np.arange(4)), rtol=1e-5)
     assert np.ptp(xb.reshape(64, -1), axis=1).max() == 0  # blended whole images, not patches
     assert (tb.max(1) < 0.9).sum() >= 8  # Beta(0.4, 0.4) often blends a lot
-    (xn, tn, _), = stages.make_dataset(x, np.eye(4, dtype=np.float32)[y], sw, batch=64).take(1)
+    y = np.arange(64) % 4
+    (xn, tn, _), = stages.make_dataset(np.zeros((64, 8, 8), np.uint8), np.eye(4, dtype=np.float32)[y],
+                                       np.ones(64, np.float32), batch=64).take(1)
     assert set(np.unique(tn.numpy())) == {0.0, 1.0}  # mixup 0: untouched
     from train.run import main
 
@@ -422,15 +431,9 @@ def test_mixup_blends_images_targets_and_weights_alike(capsys, tmp_path):
 
 
 def test_cutmix_pastes_boxes_and_mixes_targets_and_weights_by_area(capsys, tmp_path):
-    from train import stages
     from train.run import main
 
-    y = np.arange(64) % 4
-    x = np.repeat((60 * y).astype(np.uint8)[:, None, None], 16 * 16).reshape(64, 16, 16)  # class c: constant 60c
-    sw = (1.0 + y).astype(np.float32)
-    (xb, tb, wb), = stages.make_dataset(x, np.eye(4, dtype=np.float32)[y], sw, batch=64, shuffle=True,
-                                        seed=1, cutmix=1.0).take(1)
-    xb, tb, wb = xb.numpy(), tb.numpy(), wb.numpy()
+    xb, tb, wb = _class_constant_batch(16, cutmix=1.0)
     np.testing.assert_allclose(tb.sum(1), 1.0, rtol=1e-5)
     # pixels are copied, never blended: every pixel is one of the class constants
     assert set(np.unique(xb)) <= {0.0, 60.0, 120.0, 180.0}

@@ -139,9 +139,8 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs, arch)))
         k = cfg.teacher_folds
         info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "cutmix": cfg.teacher_cutmix,
-                "ema": cfg.teacher_ema,
-                "seed": seed, "width": cfg.teacher_width, "lr": cfg.teacher_lr, "label_smoothing": cfg.label_smoothing,
-                "dropout": cfg.student_dropout, "patience": teacher_patience(cfg),
+                "ema": cfg.teacher_ema, "seed": seed, "width": cfg.teacher_width, "lr": cfg.teacher_lr,
+                "label_smoothing": cfg.label_smoothing, "dropout": cfg.student_dropout, "patience": teacher_patience(cfg),
                 "folds": k, "left_out_fold": i % k if k else None, "fold_seed": cfg.split_seed if k else None}
         info_path = path.with_suffix(".json")
         if path.is_file():
@@ -246,12 +245,12 @@ def run(cfg) -> int:
         _log(f"teacher: loading {', '.join(map(str, teacher_paths))}")
         with strategy.scope():
             loaded = [keras.models.load_model(p) for p in teacher_paths]
-        sizes = {int(m.input_shape[1]) for m in loaded}
-        if len(sizes) == 1 and sizes != {cfg.teacher_size or cfg.image_size}:
+        sizes, asked = {int(m.input_shape[1]) for m in loaded}, cfg.teacher_size or cfg.image_size
+        if len(sizes) == 1 and sizes != {asked}:
             # A teacher sees its own resolution, resampled from the file as in its training, not a resized image.
-            _log(f"teacher takes {min(sizes)}px: its images are loaded at that size (not --teacher-size "
-                 f"{cfg.teacher_size or cfg.image_size})")
-            cfg = dataclasses.replace(cfg, teacher_size=min(sizes))
+            (size,) = sizes
+            _log(f"teacher takes {size}px: its images are loaded at that size (not --teacher-size {asked})")
+            cfg = dataclasses.replace(cfg, teacher_size=size)
     tsize = cfg.teacher_size or cfg.image_size
     if tsize != cfg.image_size:  # same files, same order: reuse the split's indices
         t_imgs = load_folder(cfg.data, tsize, cfg.cache_dir)
