@@ -57,8 +57,9 @@ def acc(m, name, split="test") -> float:
     return m["results"][name][split]["accuracy"] * 100
 
 
-def mean_sd(v) -> str:
-    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0:.2f}"
+def mean_sd(v, sign="") -> str:
+    """'mean ± sd'; sign="+" writes the mean's sign (for gains)."""
+    return f"{statistics.mean(v):{sign}.2f} ± {statistics.stdev(v) if len(v) > 1 else 0:.2f}"
 
 
 def report(args, pairs, sweep, command) -> str:

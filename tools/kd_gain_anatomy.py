@@ -14,9 +14,11 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench.ablation import mean_sd
+
 
 def ms(v):
-    return f"{statistics.mean(v):+.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
+    return mean_sd(v, "+")
 
 
 def val_curve(run: Path, stage: str) -> list[float]:
@@ -28,7 +30,6 @@ def main(runs):
     bias = {"student": [], "baseline": []}
     gain_best, gain_last = [], []
     recall = collections.defaultdict(list)
-    used = 0
     for run in map(Path, runs):
         man = run / "manifest.json"
         if not man.is_file():
@@ -36,7 +37,6 @@ def main(runs):
         res = json.loads(man.read_text())["results"]
         if "baseline" not in res or not (run / "stages" / "baseline" / "history.csv").is_file():
             continue
-        used += 1
         best, last = {}, {}
         for stage in bias:
             v = val_curve(run, stage)
@@ -47,7 +47,7 @@ def main(runs):
         for split in ("val", "test"):
             for c, r in res["student"][split]["per_class_recall"].items():
                 recall[split, c].append((r - res["baseline"][split]["per_class_recall"][c]) * 100)
-    print(f"{used} runs with both students and their epoch histories\n")
+    print(f"{len(gain_best)} runs with both students and their epoch histories\n")
     print(f"best-epoch minus last-3-epoch validation accuracy: distilled {ms(bias['student'])}, "
           f"scratch {ms(bias['baseline'])} points")
     print(f"KD gain on validation at the best epochs {ms(gain_best)}, over the last 3 epochs {ms(gain_last)}\n")

@@ -9,12 +9,10 @@ row per size (mean ± sd over the report's seeds) and plots test and validation 
 import argparse
 import json
 import statistics
+from pathlib import Path
 
+from bench.ablation import mean_sd as ms
 from train.plots import plt, save_fig
-
-
-def ms(v, sign=""):
-    return f"{statistics.mean(v):{sign}.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
 
 
 def main():
@@ -25,7 +23,7 @@ def main():
     rows = []
     for item in args.reports:
         params, _, path = item.partition("=")
-        seeds = json.load(open(path))["seeds"]
+        seeds = json.loads(Path(path).read_text())["seeds"]
         rows.append((int(params), seeds))
     rows.sort()
     print("| student params | seeds | scratch test | distilled test | KD gain test (seeds > 0) | scratch val | "
