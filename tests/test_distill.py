@@ -612,3 +612,20 @@ def test_fold_teacher_run_trains_members_on_the_other_folds(phantoms, tmp_path, 
     # and a fold count the members cannot cover is refused before any work
     assert main(argv[:-1] + [str(tmp_path / "o2"), "--teacher-folds", "3"]) == 2
     assert "--teacher-folds 3" in capsys.readouterr().err
+
+
+def test_presets_combine_in_order_and_flags_win():
+    import argparse
+
+    from train.config import add_flags, from_args
+
+    p = argparse.ArgumentParser()
+    add_flags(p)
+    cfg = from_args(p.parse_args(["--preset", "synthetic", "--preset", "tiny"]))
+    # tiny's schedule overrides synthetic's; synthetic's data and image size stay.
+    assert (cfg.student_width, cfg.student_epochs, cfg.patience) == (0.25, 60, 0)
+    assert (cfg.data, cfg.image_size) == ("data/synthetic/Training", 64)
+    cfg = from_args(p.parse_args(["--preset", "tiny", "--student-epochs", "5"]))
+    assert (cfg.student_width, cfg.student_epochs) == (0.25, 5)
+    # The parameter count the docs quote for the tiny student, at the real-data image size.
+    assert build_student(96, 4, width=cfg.student_width).count_params() == 16_708
