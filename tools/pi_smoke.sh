@@ -53,9 +53,10 @@ if [ -z "$MODEL" ]; then
   MODEL=$(ls device/models/student_int8.tflite 2>/dev/null || ls -t artifacts/*/student_int8.tflite 2>/dev/null | head -1 || true)
 fi
 [ -n "$MODEL" ] || { echo "error: no int8 model: run make all (or set MODEL=...)" >&2; exit 2; }
-# (|| true: with pipefail a missing folder would otherwise end the script here, silently.)
-IMGS=${IMGS:-$(ls data/synthetic/Testing/*/*.jpg 2>/dev/null | awk 'NR%13==1' | head -8 || true)}
-[ -n "$IMGS" ] || { .venv/bin/python -m train.phantom --out data/synthetic >/dev/null; IMGS=$(ls data/synthetic/Testing/*/*.jpg | awk 'NR%13==1' | head -8); }
+if [ -z "${IMGS:-}" ]; then
+  [ -d data/synthetic/Testing ] || .venv/bin/python -m train.phantom --out data/synthetic >/dev/null
+  IMGS=$(ls data/synthetic/Testing/*/*.jpg | awk 'NR%13==1' | head -8)
+fi
 
 echo "[pi-smoke] aarch64: $("$QEMU" -L "$ROOTFS" "$ROOTFS/usr/bin/python3.11" -c 'import platform; print(platform.machine(), platform.python_version())')"
 # shellcheck disable=SC2086

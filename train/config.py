@@ -165,8 +165,7 @@ def add_flags(parser, only=None):
 
 def from_args(args) -> Config:
     cfg = Config()
-    presets = getattr(args, "preset", None) or []
-    for name in [presets] if isinstance(presets, str) else presets:
+    for name in getattr(args, "preset", None) or []:
         cfg = dataclasses.replace(cfg, **PRESETS[name])
     overrides = {f.name: getattr(args, f.name) for f in fields()
                  if getattr(args, f.name, None) is not None}
