@@ -617,7 +617,7 @@ def test_fold_teacher_run_trains_members_on_the_other_folds(phantoms, tmp_path, 
 def test_presets_combine_in_order_and_flags_win():
     import argparse
 
-    from train.config import add_flags, from_args
+    from train.config import Config, add_flags, from_args
 
     p = argparse.ArgumentParser()
     add_flags(p)
@@ -629,3 +629,9 @@ def test_presets_combine_in_order_and_flags_win():
     assert (cfg.student_width, cfg.student_epochs) == (0.25, 5)
     # The parameter count the docs quote for the tiny student, at the real-data image size.
     assert build_student(96, 4, width=cfg.student_width).count_params() == 16_708
+    # px64 changes only the student's input and schedule: the teacher keeps the default 128 px.
+    cfg = from_args(p.parse_args(["--preset", "px64"]))
+    assert (cfg.image_size, cfg.teacher_size, cfg.student_epochs, cfg.patience) == (64, 128, 36, 0)
+    assert (cfg.data, cfg.student_width) == (Config().data, 1.0)
+    # The MACs the docs quote for it (16.2 M at the default 96 px).
+    assert count_macs(build_student(64, 4)) == 7_212_032

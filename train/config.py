@@ -107,6 +107,11 @@ PRESETS = {
     # over the same student without a teacher (5 seeds, docs/teacher.md "A smaller student"), against about +0.4
     # for the default one.
     "tiny": dict(student_width=0.25, student_epochs=60, patience=0),
+    # The default student on a 64 px input: 7.2 M MACs instead of 16.2 M (about half the time per image on an
+    # emulated Cortex-A), trained twice as many epochs in the same training time; the teacher keeps its 128 px.
+    # Distilled, it scored 94.42% test / 95.10% val over 5 seeds, level with the default student (docs/teacher.md,
+    # "A smaller input for the student").
+    "px64": dict(image_size=64, student_epochs=36, patience=0),
 }
 
 
