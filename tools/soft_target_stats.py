@@ -5,7 +5,10 @@
 Per run: accuracy of its cached teacher logits on the training images and the mean probability of the true
 class at T 1 and T 4 (a memorised teacher: ~100% and ~1.0), the same for the run's teacher on the validation
 images (flip-TTA, as cached), and for a fold run how many training images have a near or exact duplicate in
-another fold (their "out-of-fold" targets are not quite out of fold).
+another fold (their "out-of-fold" targets are not quite out of fold). A run that holds a distilled student also gets
+how closely that student matches the cached targets on the same images (top-1 agreement, KL at T 4): near-zero KL
+means it copied all the targets offered, so a better teacher can only help through different targets. A run made
+with --teacher has no teacher.keras of its own; its validation line is left out.
 """
 import json
 import sys
@@ -30,18 +33,32 @@ def line(name, z, y):
             f"{p_true(z, y, 4):.3f} at T 4")
 
 
+def fit_line(z, t, y):
+    """How the student's logits z match the teacher's cached logits t on the training images."""
+    ps, pt = softmax(z / 4), softmax(t / 4)
+    kl = float(np.mean(np.sum(pt * (np.log(pt + 1e-9) - np.log(ps + 1e-9)), axis=1)))
+    return (f"distilled student on training images: accuracy {100 * np.mean(z.argmax(1) == y):.2f}%, top-1 agreement "
+            f"with the targets {100 * np.mean(z.argmax(1) == t.argmax(1)):.2f}%, KL(targets || student) {kl:.4f} at T 4, "
+            f"p(true) {p_true(z, y, 4):.3f} at T 4")
+
+
 for run in map(Path, sys.argv[1:]):
     cfg = json.loads((run / "manifest.json").read_text())["config"]
     c = Config(data=cfg["data"], image_size=cfg["image_size"], split_seed=cfg["split_seed"])
     s = prepare(c, log=lambda *a, **k: None)
     y_tr = s.images.labels[s.train]
     print(run)
+    student = keras.models.load_model(run / "student.keras") if (run / "student.keras").is_file() else None
+    z = stages.predict_logits(student, s.images.x[s.train], tta=True) if student is not None else None
     for f in sorted(run.glob("teacher_logits_*.npy")):
         print("  " + line(f"cached {f.name} on training images", np.load(f), y_tr))
-    teacher = keras.models.load_model(run / "teacher.keras")
-    x = load_folder(c.data, teacher.input_shape[1], c.cache_dir).x
-    print("  " + line("teacher on validation images", stages.predict_logits(teacher, x[s.val], tta=True),
-                      s.images.labels[s.val]))
+        if z is not None:
+            print("    " + fit_line(z, np.load(f), y_tr))
+    if (run / "teacher.keras").is_file():
+        teacher = keras.models.load_model(run / "teacher.keras")
+        x = load_folder(c.data, teacher.input_shape[1], c.cache_dir).x
+        print("  " + line("teacher on validation images", stages.predict_logits(teacher, x[s.val], tta=True),
+                          s.images.labels[s.val]))
     k = cfg.get("teacher_folds") or 0
     if k:
         folds, th = fold_ids(y_tr, k, cfg["split_seed"]), s.images.thumbs[s.train]
