@@ -2,16 +2,15 @@
 
     PYTHONPATH=. python tools/eval_teachers.py artifacts/kd96/teacher_member*.keras artifacts/t192/teacher_member0.keras
 
-SPLIT_SIZE=64 scores on the split a 64 px student run uses (the near-duplicate check, and so the split, depends
-slightly on the student's input size); the default is 96.
+--image-size 64 scores on the split a 64 px student run uses (the near-duplicate check, and so the split, depends
+slightly on the student's input size), as in tools/score_models.py.
 
 Each model sees the images at its own input size (decoded from the JPEGs by the preprocessing contract),
 with flip-TTA, as the cached teacher logits are made. Ensembles average logits; they are ranked by
 validation accuracy (the test column is for reporting, never for choosing).
 """
+import argparse
 import itertools
-import os
-import sys
 
 import keras
 import numpy as np
@@ -20,8 +19,12 @@ from train import stages
 from train.config import Config
 from train.data import load_folder, prepare
 
-paths = sys.argv[1:]
-cfg = Config(data="../shared/data/brain-tumor-mri/Training", image_size=int(os.environ.get("SPLIT_SIZE", 96)))
+p = argparse.ArgumentParser()
+p.add_argument("paths", nargs="+")
+p.add_argument("--image-size", type=int, default=Config.image_size, help="the student input size whose split is scored")
+args = p.parse_args()
+paths = args.paths
+cfg = Config(data="../shared/data/brain-tumor-mri/Training", image_size=args.image_size)
 s = prepare(cfg, log=lambda *a, **k: None)
 y = {"val": s.images.labels[s.val], "test": s.images.labels[s.test]}
 logits, by_size = {}, {}

@@ -51,9 +51,10 @@ for run in map(Path, sys.argv[1:]):
     student = keras.models.load_model(run / "student.keras") if (run / "student.keras").is_file() else None
     z = stages.predict_logits(student, s.images.x[s.train], tta=True) if student is not None else None
     for f in sorted(run.glob("teacher_logits_*.npy")):
-        print("  " + line(f"cached {f.name} on training images", np.load(f), y_tr))
+        t = np.load(f)
+        print("  " + line(f"cached {f.name} on training images", t, y_tr))
         if z is not None:
-            print("    " + fit_line(z, np.load(f), y_tr))
+            print("    " + fit_line(z, t, y_tr))
     if (run / "teacher.keras").is_file():
         teacher = keras.models.load_model(run / "teacher.keras")
         x = load_folder(c.data, teacher.input_shape[1], c.cache_dir).x
