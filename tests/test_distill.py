@@ -69,6 +69,12 @@ def test_dkd_splits_the_kl_into_target_and_non_target_terms():
     ce = -np.log(sm(s)[np.arange(6), y])
     got = np.asarray(distillation_loss(y, s, t, T, alpha, beta=8.0))
     assert got == pytest.approx(alpha * ce + (1 - alpha) * T * T * (tckd + 8.0 * nckd), rel=1e-4)
+    # tckd 0: only the teacher's ranking of the wrong classes; its target-class logit no longer matters
+    only_nckd = np.asarray(distillation_loss(y, s, t, T, alpha, beta=2.0, tckd=0.0))
+    assert only_nckd == pytest.approx(alpha * ce + (1 - alpha) * T * T * 2.0 * nckd, rel=1e-4)
+    t2 = t.copy()
+    t2[np.arange(6), y] += 7.0
+    assert np.asarray(distillation_loss(y, s, t2, T, alpha, beta=2.0, tckd=0.0)) == pytest.approx(only_nckd, rel=1e-4)
     hinton = np.asarray(distillation_loss(y, s, t, T, alpha))
     assert hinton == pytest.approx(alpha * ce + (1 - alpha) * T * T * kl, rel=1e-4)
     assert np.all(np.isfinite(got))
@@ -232,27 +238,32 @@ def test_dkd_flag_reaches_the_distiller_and_only_the_distilled_student(tiny_run,
 
     class Recording(Distiller):
         def compute_loss(self, *a, **kw):
-            betas.append(self.beta)
+            betas.append((self.beta, self.tckd))
             return super().compute_loss(*a, **kw)
 
     monkeypatch.setattr(stages, "Distiller", Recording)
     cfg = tiny_config(phantoms, tmp_path, teacher=str(tiny_run / "teacher.keras"), kd_loss="dkd", dkd_beta=2.5,
-                      student_epochs=1)
+                      dkd_tckd=0.5, student_epochs=1)
     assert run(cfg) == 0
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert m["config"]["kd_loss"] == "dkd" and m["config"]["dkd_beta"] == 2.5
-    # the run's distillers get beta 2.5 (the baseline's alpha 1 leaves it no KD term to weigh)
-    assert set(betas) == {2.5}
+    assert m["config"]["kd_loss"] == "dkd" and m["config"]["dkd_beta"] == 2.5 and m["config"]["dkd_tckd"] == 0.5
+    # the run's distillers get beta 2.5 and tckd 0.5 (the baseline's alpha 1 leaves it no KD term to weigh)
+    assert set(betas) == {(2.5, 0.5)}
     assert "baseline" in m["results"]
     # the same loss, fed by hand, is what the recording distiller computes
-    d = Recording(keras.models.load_model(tmp_path / "run" / "student.keras"), None, 4.0, 0.3, beta=2.5)
+    d = Recording(keras.models.load_model(tmp_path / "run" / "student.keras"), None, 4.0, 0.3, beta=2.5, tckd=0.5)
     s, t = np.array([[1.0, 0.0, -1.0, 2.0]], np.float32), np.array([[4.0, 0.0, 1.0, -2.0]], np.float32)
     got = float(d.compute_loss(None, {"label": np.array([0]), "teacher_logits": t}, s, training=True))
-    assert got == pytest.approx(float(distillation_loss(np.array([0]), s, t, 4.0, 0.3, beta=2.5)[0]), rel=1e-5)
+    want = float(distillation_loss(np.array([0]), s, t, 4.0, 0.3, beta=2.5, tckd=0.5)[0])
+    assert got == pytest.approx(want, rel=1e-5)
+    assert want != pytest.approx(float(distillation_loss(np.array([0]), s, t, 4.0, 0.3, beta=2.5)[0]), rel=1e-3)
     # a negative weight is refused before any work, with the one-line error of every bad flag
     assert main(["--data", str(phantoms / "Training"), "--kd-loss", "dkd", "--dkd-beta", "-1",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--dkd-beta -1: want a weight >= 0" in capsys.readouterr().err
+    assert main(["--data", str(phantoms / "Training"), "--kd-loss", "dkd", "--dkd-tckd", "-1",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--dkd-tckd -1: want a weight >= 0" in capsys.readouterr().err
 
 
 def test_student_is_small_int8_friendly_and_far_cheaper_than_teacher():
@@ -579,6 +590,39 @@ def test_out_of_fold_logits_come_only_from_members_that_never_saw_the_image():
         assert np.all(z[folds == f] == v)
 
 
+def test_folds_keep_duplicate_groups_whole_and_stay_stratified():
+    from train.data import duplicate_groups
+    from train.run import fold_ids
+
+    rng = np.random.default_rng(0)
+    thumbs = rng.uniform(0, 255, (40, 256)).astype(np.float32)
+    thumbs[1] = thumbs[0] + 2.0      # near copy of 0
+    thumbs[2] = thumbs[1] + 2.0      # near copy of 1, so of 0's group too (a chain), though 4 from 0
+    thumbs[5] = thumbs[4] + 30.0     # far: not a duplicate
+    sha = [f"h{i}" for i in range(40)]
+    sha[7] = sha[6]                  # exact copy, whatever the thumbnails say
+    g = duplicate_groups(thumbs, sha, threshold=3.0, chunk=16)
+    assert g[0] == g[1] == g[2] and g[6] == g[7] and g[4] != g[5]
+    assert len(set(g.tolist())) == 40 - 3
+    labels = np.repeat(np.arange(4), 10)
+    for i in (1, 2):
+        labels[i] = labels[0]
+    labels[7] = labels[6]
+    folds = fold_ids(labels, 3, seed=1, groups=g)
+    assert folds[0] == folds[1] == folds[2] and folds[6] == folds[7]
+    for c in range(4):
+        counts = np.bincount(folds[labels == c], minlength=3)
+        assert counts.max() - counts.min() <= 2  # one group of 3 cannot always be balanced to within 1
+    # without groups it is the round-robin deal of the shuffled images, as before groups existed
+    y = np.repeat(np.arange(4), [10, 7, 5, 9])
+    rr = np.zeros(len(y), np.int64)
+    r = np.random.default_rng(0)
+    for c in range(4):
+        idx = np.flatnonzero(y == c)
+        rr[r.permutation(idx)] = np.arange(len(idx)) % 3
+    assert np.array_equal(fold_ids(y, 3, seed=0), rr)
+
+
 def test_fold_teacher_run_trains_members_on_the_other_folds(phantoms, tmp_path, capsys, monkeypatch):
     from train import stages
     from train.run import main, run
@@ -592,7 +636,7 @@ def test_fold_teacher_run_trains_members_on_the_other_folds(phantoms, tmp_path, 
     m = json.loads((out / "manifest.json").read_text())
     n_train = len(json.loads((out / "split.json").read_text())["train"])
     infos = [json.loads((out / f"teacher_member{i}.json").read_text()) for i in range(2)]
-    assert [(i["folds"], i["left_out_fold"]) for i in infos] == [(2, 0), (2, 1)]
+    assert [(i["folds"], i["left_out_fold"], i["fold_dups"]) for i in infos] == [(2, 0, 6.0), (2, 1, 6.0)]
     # with 2 folds the members trained on complementary halves of the training split
     assert len(seen) == 2 and sum(seen) == n_train and min(seen) >= n_train // 2 - 4
     logits = list(out.glob("teacher_logits_tta_oof2_*.npy"))

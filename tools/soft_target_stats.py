@@ -19,7 +19,7 @@ import numpy as np
 
 from train import stages
 from train.config import Config
-from train.data import load_folder, nearest_distance, prepare
+from train.data import duplicate_groups, load_folder, nearest_distance, prepare
 from train.metrics import softmax
 from train.run import fold_ids
 
@@ -62,7 +62,13 @@ for run in map(Path, sys.argv[1:]):
                           s.images.labels[s.val]))
     k = cfg.get("teacher_folds") or 0
     if k:
-        folds, th = fold_ids(y_tr, k, cfg["split_seed"]), s.images.thumbs[s.train]
+        th = s.images.thumbs[s.train]
+        # members trained on duplicate-aware folds say so in their record (train/run.py); older ones split groups
+        member = json.loads((run / "teacher_member0.json").read_text()) if (run / "teacher_member0.json").is_file() else {}
+        groups = None
+        if member.get("fold_dups") is not None:
+            groups = duplicate_groups(th, [s.images.sha256[i] for i in s.train], member["fold_dups"])
+        folds = fold_ids(y_tr, k, cfg["split_seed"], groups)
         n = sum(int((nearest_distance(th[folds == f], th[folds != f])[0] < c.near_dup_threshold).sum())
                 for f in range(k))
         print(f"  training images with a near or exact duplicate in another fold: {n} of {len(y_tr)}")

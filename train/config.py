@@ -70,6 +70,10 @@ class Config:
     # B 2 beat the paper's CIFAR value B 8 on validation here; neither beat Hinton KD (docs/teacher.md).
     kd_loss: str = "hinton"
     dkd_beta: float = 2.0
+    # DKD's weight of the target-class term (1 in Zhao et al. 2022). 0 = the teacher only ranks the wrong classes
+    # and the labels alone say which class is right: for out-of-fold targets (--teacher-folds), whose top class is
+    # wrong wherever the left-out member errs.
+    dkd_tckd: float = 1.0
     teacher_mode: str = "cache"    # cache (teacher logits once) | consistent (teacher on every augmented batch)
     # > 0 (consistent mode only): the distilled student trains on mixup blends, lam ~ Beta(a, a), and the teacher
     # scores each blend, so its targets are soft where the labels are not ("function matching", Beyer et al.

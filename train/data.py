@@ -142,6 +142,33 @@ def near_duplicate_pairs(thumbs: np.ndarray, threshold: float, chunk: int = 1024
     return count
 
 
+def duplicate_groups(thumbs: np.ndarray, sha256: list[str], threshold: float, chunk: int = 1024) -> np.ndarray:
+    """A group id per image: images linked by exact copies or chains of near-duplicates share one.
+
+    Near-duplicates are the same scan saved twice (re-encoded, slightly cropped); splitting a group across folds
+    lets a model score an image it has effectively trained on.
+    """
+    parent = np.arange(len(thumbs))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    t = thumbs.astype(np.float64)
+    n = (t ** 2).sum(1)
+    first: dict[str, int] = {}
+    for i, h in enumerate(sha256):
+        parent[root(i)] = root(first.setdefault(h, i))
+    for s in range(0, len(t), chunk):
+        d2 = (n[s:s + chunk, None] + n[None, :] - 2 * t[s:s + chunk] @ t.T) / t.shape[1]
+        for a, b in zip(*np.nonzero(d2 < threshold ** 2)):
+            if s + a < b:
+                parent[root(s + a)] = root(b)
+    return np.array([root(i) for i in range(len(t))], np.int64)
+
+
 def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
     """Split indices into len(fractions)+1 parts (first = remainder), per class, reproducibly."""
     rng = np.random.default_rng(seed)

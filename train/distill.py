@@ -15,7 +15,11 @@ Decoupled KD (DKD, Zhao et al. 2022) splits that KL into a target-class term
 so the more confident the teacher, the less its ranking of the wrong classes
 (the "dark knowledge") counts. `beta` replaces that factor with a constant:
 
-    loss = alpha * CE + (1 - alpha) * T^2 * (TCKD + beta * NCKD)
+    loss = alpha * CE + (1 - alpha) * T^2 * (tckd * TCKD + beta * NCKD)
+
+tckd (1 unless set) = 0 keeps only the teacher's ranking of the wrong classes: the
+hard labels alone say which class is right. That suits out-of-fold targets, whose
+top class is wrong on the images the left-out member misclassifies.
 
 Two ways to get the teacher's logits:
 - cached: the dataset yields {"label", "teacher_logits"}; the teacher is never run
@@ -59,8 +63,8 @@ def _blended(labels) -> bool:
 
 
 def distillation_loss(labels, student_logits, teacher_logits, temperature: float, alpha: float,
-                      beta: float | None = None):
-    """Per-example loss, shape (batch,). beta None: Hinton KD; a number: DKD with that NCKD weight.
+                      beta: float | None = None, tckd: float = 1.0):
+    """Per-example loss, shape (batch,). beta None: Hinton KD; a number: DKD with that NCKD weight (and TCKD's tckd).
 
     labels: class ids, or (batch, classes) probabilities (mixup blends; Hinton KD only).
     """
@@ -76,8 +80,8 @@ def distillation_loss(labels, student_logits, teacher_logits, temperature: float
     if beta is None:
         kd = _kl(ops.log_softmax(teacher_logits / t, axis=-1), ops.log_softmax(student_logits / t, axis=-1))
     else:
-        tckd, nckd = decoupled_kl(labels, student_logits, teacher_logits, t)
-        kd = tckd + float(beta) * nckd
+        target_term, nckd = decoupled_kl(labels, student_logits, teacher_logits, t)
+        kd = float(tckd) * target_term + float(beta) * nckd
     return alpha * ce + (1.0 - alpha) * (t ** 2) * kd
 
 
@@ -85,7 +89,8 @@ class Distiller(keras.Model):
     """A frozen teacher (optional) and a trainable student; `call` is the student."""
 
     def __init__(self, student: keras.Model, teacher: keras.Model | None = None,
-                 temperature: float = 4.0, alpha: float = 0.3, beta: float | None = None, **kwargs):
+                 temperature: float = 4.0, alpha: float = 0.3, beta: float | None = None, tckd: float = 1.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
@@ -94,6 +99,7 @@ class Distiller(keras.Model):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.beta = None if beta is None else float(beta)
+        self.tckd = float(tckd)
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def call(self, x, training=False):
@@ -109,7 +115,7 @@ class Distiller(keras.Model):
         if not training:
             teacher_logits = None  # validation loss = the student's own CE, comparable across runs
         per_example = distillation_loss(labels, y_pred, teacher_logits, self.temperature, self.alpha,
-                                        self.beta)
+                                        self.beta, self.tckd)
         if sample_weight is not None:
             per_example = per_example * ops.cast(sample_weight, per_example.dtype)
         loss = ops.mean(per_example)

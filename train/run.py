@@ -20,7 +20,7 @@ import numpy as np
 
 from device.metadata import atomic_write_json
 from train.config import add_flags, from_args, member_specs
-from train.data import DataError, format_report, load_folder, prepare
+from train.data import DataError, duplicate_groups, format_report, load_folder, prepare
 
 
 def _log(msg):
@@ -50,14 +50,26 @@ def class_weights(labels, n) -> np.ndarray:
     return (len(labels) / (n * np.maximum(counts, 1))).astype(np.float32)
 
 
-def fold_ids(labels, k: int, seed: int) -> np.ndarray:
-    """Stratified folds: each class's images, shuffled with the seed, dealt round-robin into k folds."""
-    folds = np.zeros(len(labels), np.int64)
+def fold_ids(labels, k: int, seed: int, groups=None) -> np.ndarray:
+    """Stratified folds that keep each duplicate group (train.data.duplicate_groups) whole.
+
+    Per class, the groups in a seeded random order, largest first, each go to the fold holding the fewest of that
+    class's images so far. With no groups (every image alone) that deals the shuffled images round-robin.
+    """
+    labels = np.asarray(labels)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    uniq, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    sizes = np.bincount(inverse)
+    group_fold = np.zeros(len(uniq), np.int64)
     rng = np.random.default_rng(seed)
     for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        folds[rng.permutation(idx)] = np.arange(len(idx)) % k
-    return folds
+        gs = np.flatnonzero(labels[first] == c)  # a group counts as the class of its first image
+        gs = gs[rng.permutation(len(gs))]
+        load = np.zeros(k, np.int64)
+        for g in gs[np.argsort(-sizes[gs], kind="stable")]:
+            group_fold[g] = load.argmin()
+            load[group_fold[g]] += sizes[g]
+    return group_fold[inverse]
 
 
 def check_folds(cfg) -> None:
@@ -86,14 +98,14 @@ def oof_logits(member_logits: list[np.ndarray], folds: np.ndarray, k: int) -> np
 # without its record) are unknown and not compared. The seed is never compared: a run with another --seed may reuse
 # members on purpose.
 MEMBER_RECORD_DEFAULTS = {"arch": "dw", "mixup": 0.0, "cutmix": 0.0, "ema": 0.0, "folds": 0, "left_out_fold": None,
-                          "fold_seed": None}
+                          "fold_seed": None, "fold_dups": None}
 # record field -> how the error names it (the member spec's parts, or the flag that sets it)
 MEMBER_RECORD_FIELDS = {"arch": "family", "augment": "augmentation", "epochs": "epochs", "mixup": "--teacher-mixup",
                         "cutmix": "--teacher-cutmix", "ema": "--teacher-ema", "width": "--teacher-width",
                         "lr": "--teacher-lr", "label_smoothing": "--label-smoothing",
                         "dropout": "--student-dropout", "patience": "--teacher-patience", "folds": "--teacher-folds",
                         "left_out_fold": "left-out fold",
-                        "fold_seed": "fold seed"}
+                        "fold_seed": "fold seed", "fold_dups": "duplicate-aware folds (near-dup threshold)"}
 
 
 def member_mismatch(old: dict, want: dict) -> str:
@@ -141,7 +153,9 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "cutmix": cfg.teacher_cutmix,
                 "ema": cfg.teacher_ema, "seed": seed, "width": cfg.teacher_width, "lr": cfg.teacher_lr,
                 "label_smoothing": cfg.label_smoothing, "dropout": cfg.student_dropout, "patience": teacher_patience(cfg),
-                "folds": k, "left_out_fold": i % k if k else None, "fold_seed": cfg.split_seed if k else None}
+                "folds": k, "left_out_fold": i % k if k else None, "fold_seed": cfg.split_seed if k else None,
+                # folds keep near-duplicates together since this field exists; members without it split them
+                "fold_dups": cfg.near_dup_threshold if k else None}
         info_path = path.with_suffix(".json")
         if path.is_file():
             m = keras.models.load_model(path)
@@ -200,6 +214,8 @@ def run(cfg) -> int:
     check_folds(cfg)
     if cfg.kd_loss == "dkd" and not cfg.dkd_beta >= 0:
         raise DataError(f"--dkd-beta {cfg.dkd_beta:g}: want a weight >= 0")
+    if cfg.kd_loss == "dkd" and not cfg.dkd_tckd >= 0:
+        raise DataError(f"--dkd-tckd {cfg.dkd_tckd:g}: want a weight >= 0")
     if not cfg.teacher_mixup >= 0:
         raise DataError(f"--teacher-mixup {cfg.teacher_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
     if not cfg.teacher_cutmix >= 0 or (cfg.teacher_cutmix > 0 and cfg.teacher_mixup > 0):
@@ -259,7 +275,12 @@ def run(cfg) -> int:
         t_imgs, t_timgs = imgs, timgs
     y_tr = imgs.labels[splits.train]
     sw = class_weights(y_tr, n)[y_tr] if cfg.class_balance else np.ones(len(y_tr), np.float32)
-    folds = fold_ids(y_tr, cfg.teacher_folds, cfg.split_seed) if cfg.teacher_folds else None
+    folds = None
+    if cfg.teacher_folds:
+        # A near-duplicate in another fold would let a member score an image it has effectively seen.
+        groups = duplicate_groups(imgs.thumbs[splits.train], [imgs.sha256[i] for i in splits.train],
+                                  cfg.near_dup_threshold)
+        folds = fold_ids(y_tr, cfg.teacher_folds, cfg.split_seed, groups)
 
     results, times, epoch_times = {}, {}, {}
 
@@ -317,7 +338,7 @@ def run(cfg) -> int:
             _log(f"{name}: loading finished {path}")
             models[name] = keras.models.load_model(path)
         else:
-            loss = f"DKD beta={cfg.dkd_beta:g}" if cfg.kd_loss == "dkd" else "KD"
+            loss = f"DKD beta={cfg.dkd_beta:g} tckd={cfg.dkd_tckd:g}" if cfg.kd_loss == "dkd" else "KD"
             how = (f"{loss} T={cfg.temperature:g} alpha={kw['alpha']:g}, teacher {cfg.teacher_mode}"
                    if kw["teacher"] else "labels only")
             _log(f"{name}: training for up to {cfg.student_epochs} epochs ({how})")

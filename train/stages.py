@@ -185,7 +185,7 @@ def fit_student(student, teacher, x, y, sw, teacher_logits, xv, yv, cfg, *, alph
         if use_teacher is not None and teacher_size and teacher_size != student.input_shape[1]:
             use_teacher = _resized(use_teacher, student.input_shape[1], teacher_size)
         beta = cfg.dkd_beta if cfg.kd_loss == "dkd" else None
-        distiller = Distiller(student, use_teacher, cfg.temperature, alpha, beta)
+        distiller = Distiller(student, use_teacher, cfg.temperature, alpha, beta, cfg.dkd_tckd)
         distiller.compile(optimizer=keras.optimizers.AdamW(_schedule(cfg.student_lr, epochs, steps),
                                                            weight_decay=cfg.weight_decay), jit_compile=False)
         size = student.input_shape[1]
