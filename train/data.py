@@ -145,8 +145,8 @@ def near_duplicate_pairs(thumbs: np.ndarray, threshold: float, chunk: int = 1024
 def duplicate_groups(thumbs: np.ndarray, sha256: list[str], threshold: float, chunk: int = 1024) -> np.ndarray:
     """A group id per image: images linked by exact copies or chains of near-duplicates share one.
 
-    Near-duplicates are the same scan saved twice (re-encoded, slightly cropped); splitting a group across folds
-    lets a model score an image it has effectively trained on.
+    Near-duplicates are the same scan saved twice (re-encoded, slightly cropped) or a neighbouring slice; splitting a
+    group across folds lets a model score an image it has effectively trained on.
     """
     parent = np.arange(len(thumbs))
 
