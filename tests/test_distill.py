@@ -656,6 +656,11 @@ def test_fold_teacher_run_trains_members_on_the_other_folds(phantoms, tmp_path, 
     # and a fold count the members cannot cover is refused before any work
     assert main(argv[:-1] + [str(tmp_path / "o2"), "--teacher-folds", "3"]) == 2
     assert "--teacher-folds 3" in capsys.readouterr().err
+    # so is a threshold so loose that every image is a duplicate of every other: one group, one fold
+    assert main(argv[:-1] + [str(tmp_path / "o3"), "--teacher-folds", "2", "--near-dup-threshold", "1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "do not split into even folds" in err
+    assert not list((tmp_path / "o3").glob("teacher_member*.keras"))
 
 
 def test_presets_combine_in_order_and_flags_win():

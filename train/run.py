@@ -281,6 +281,12 @@ def run(cfg) -> int:
         groups = duplicate_groups(imgs.thumbs[splits.train], [imgs.sha256[i] for i in splits.train],
                                   cfg.near_dup_threshold)
         folds = fold_ids(y_tr, cfg.teacher_folds, cfg.split_seed, groups)
+        sizes = np.bincount(folds, minlength=cfg.teacher_folds)
+        if sizes.min() == 0 or sizes.max() > 2 * len(folds) / cfg.teacher_folds:
+            # one member would train on (almost) nothing: a threshold so loose that most images are "duplicates"
+            raise DataError(f"--teacher-folds {cfg.teacher_folds}: the duplicate groups (--near-dup-threshold "
+                            f"{cfg.near_dup_threshold:g}) do not split into even folds (sizes "
+                            f"{', '.join(map(str, sizes))}); lower the threshold or the fold count")
 
     results, times, epoch_times = {}, {}, {}
 
