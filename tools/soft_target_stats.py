@@ -5,7 +5,8 @@
 Per run: accuracy of its cached teacher logits on the training images and the mean probability of the true
 class at T 1 and T 4 (a memorised teacher: ~100% and ~1.0), the same for the run's teacher on the validation
 images (flip-TTA, as cached), and for a fold run how many training images have a near or exact duplicate in
-another fold (their "out-of-fold" targets are not quite out of fold). A run that holds a distilled student also gets
+another fold (their "out-of-fold" targets are not quite out of fold) and how many duplicate groups its folds
+split. A run that holds a distilled student also gets
 how closely that student matches the cached targets on the same images (top-1 agreement, KL at T 4): near-zero KL
 means it copied all the targets offered, so a better teacher can only help through different targets. A run made
 with --teacher has no teacher.keras of its own; its validation line is left out.
@@ -44,7 +45,8 @@ def fit_line(z, t, y):
 
 for run in map(Path, sys.argv[1:]):
     cfg = json.loads((run / "manifest.json").read_text())["config"]
-    c = Config(data=cfg["data"], image_size=cfg["image_size"], split_seed=cfg["split_seed"])
+    c = Config(data=cfg["data"], image_size=cfg["image_size"], split_seed=cfg["split_seed"],
+               near_dup_threshold=cfg.get("near_dup_threshold", Config.near_dup_threshold))
     s = prepare(c, log=lambda *a, **k: None)
     y_tr = s.images.labels[s.train]
     print(run)
@@ -65,10 +67,17 @@ for run in map(Path, sys.argv[1:]):
         th = s.images.thumbs[s.train]
         # members trained on duplicate-aware folds say so in their record (train/run.py); older ones split groups
         member = json.loads((run / "teacher_member0.json").read_text()) if (run / "teacher_member0.json").is_file() else {}
-        groups = None
-        if member.get("fold_dups") is not None:
-            groups = duplicate_groups(th, [s.images.sha256[i] for i in s.train], member["fold_dups"])
-        folds = fold_ids(y_tr, k, cfg["split_seed"], groups)
+        groups = duplicate_groups(th, [s.images.sha256[i] for i in s.train], c.near_dup_threshold)
+        folds = fold_ids(y_tr, k, cfg["split_seed"], groups if member.get("fold_dups") is not None else None)
         n = sum(int((nearest_distance(th[folds == f], th[folds != f])[0] < c.near_dup_threshold).sum())
                 for f in range(k))
+        ids, sizes = np.unique(groups, return_counts=True)
+        multi = ids[sizes > 1]
+
+        per_image = fold_ids(y_tr, k, cfg["split_seed"])
+        split = [sum(len(set(f[groups == g])) > 1 for g in multi) for f in (folds, per_image)]
+        print(f"  duplicate groups: {len(ids)} for {len(y_tr)} training images, {len(multi)} with more than one image "
+              f"(the largest {sizes.max()}); "
+              f"split across folds: {split[0]} by this run's folds, {split[1]} by per-image folds (before "
+              f"duplicate-aware folds)")
         print(f"  training images with a near or exact duplicate in another fold: {n} of {len(y_tr)}")
