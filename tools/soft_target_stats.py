@@ -73,7 +73,6 @@ for run in map(Path, sys.argv[1:]):
                 for f in range(k))
         ids, sizes = np.unique(groups, return_counts=True)
         multi = ids[sizes > 1]
-
         per_image = fold_ids(y_tr, k, cfg["split_seed"])
         split = [sum(len(set(f[groups == g])) > 1 for g in multi) for f in (folds, per_image)]
         print(f"  duplicate groups: {len(ids)} for {len(y_tr)} training images, {len(multi)} with more than one image "

@@ -127,19 +127,20 @@ def nearest_distance(q: np.ndarray, ref: np.ndarray, chunk: int = 1024) -> tuple
     return best, arg
 
 
-def near_duplicate_pairs(thumbs: np.ndarray, threshold: float, chunk: int = 1024) -> int:
-    """Number of unordered pairs within `threshold` (exact copies included)."""
+def close_pairs(thumbs: np.ndarray, threshold: float, chunk: int = 1024):
+    """(i, j) index arrays, one chunk of rows at a time, of the unordered pairs i < j within `threshold`."""
     t = thumbs.astype(np.float64)
     n = (t ** 2).sum(1)
-    count = 0
     for s in range(0, len(t), chunk):
-        a = t[s:s + chunk]
-        d2 = (n[s:s + chunk, None] + n[None, :] - 2 * a @ t.T) / t.shape[1]
-        close = d2 < threshold ** 2
-        idx = np.arange(s, s + len(a))
-        close &= np.arange(len(t))[None, :] > idx[:, None]  # each pair once
-        count += int(close.sum())
-    return count
+        d2 = (n[s:s + chunk, None] + n[None, :] - 2 * t[s:s + chunk] @ t.T) / t.shape[1]
+        i, j = np.nonzero(d2 < threshold ** 2)
+        i += s
+        yield i[i < j], j[i < j]  # each pair once
+
+
+def near_duplicate_pairs(thumbs: np.ndarray, threshold: float, chunk: int = 1024) -> int:
+    """Number of unordered pairs within `threshold` (exact copies included)."""
+    return sum(len(i) for i, _ in close_pairs(thumbs, threshold, chunk))
 
 
 def duplicate_groups(thumbs: np.ndarray, sha256: list[str], threshold: float, chunk: int = 1024) -> np.ndarray:
@@ -156,17 +157,13 @@ def duplicate_groups(thumbs: np.ndarray, sha256: list[str], threshold: float, ch
             i = parent[i]
         return i
 
-    t = thumbs.astype(np.float64)
-    n = (t ** 2).sum(1)
     first: dict[str, int] = {}
     for i, h in enumerate(sha256):
         parent[root(i)] = root(first.setdefault(h, i))
-    for s in range(0, len(t), chunk):
-        d2 = (n[s:s + chunk, None] + n[None, :] - 2 * t[s:s + chunk] @ t.T) / t.shape[1]
-        for a, b in zip(*np.nonzero(d2 < threshold ** 2)):
-            if s + a < b:
-                parent[root(s + a)] = root(b)
-    return np.array([root(i) for i in range(len(t))], np.int64)
+    for ii, jj in close_pairs(thumbs, threshold, chunk):
+        for a, b in zip(ii, jj):
+            parent[root(a)] = root(b)
+    return np.array([root(i) for i in range(len(thumbs))], np.int64)
 
 
 def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
