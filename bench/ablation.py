@@ -35,8 +35,9 @@ def train(args, out: Path, extra) -> dict:
 # Config fields that change the distilled student but not the scratch one.
 TEACHER_ONLY = {"teacher", "teacher_recipe", "teacher_members", "teacher_folds", "teacher_width", "teacher_weights",
                 "teacher_epochs", "teacher_lr", "teacher_dropout", "teacher_size", "teacher_augment", "label_smoothing",
-                "teacher_mixup", "teacher_cutmix", "teacher_ema", "teacher_patience", "temperature", "alpha",
-                "kd_loss", "dkd_beta", "dkd_tckd", "teacher_mode", "kd_mixup", "tta", "baseline", "out"}
+                "teacher_mixup", "teacher_cutmix", "teacher_ema", "teacher_drop_path", "teacher_patience",
+                "temperature", "alpha", "kd_loss", "dkd_beta", "dkd_tckd", "teacher_mode", "kd_mixup", "tta", "baseline",
+                "out"}
 # Config fields that change where files go, not what is trained.
 NO_EFFECT = {"cache_dir"}
 

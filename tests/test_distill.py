@@ -503,6 +503,35 @@ def test_weight_averaging_changes_what_validation_scores_not_how_members_train(c
     assert err.count("\n") == 0 and "--teacher-ema 1" in err and not (tmp_path / "o").exists()
 
 
+def test_stochastic_depth_drops_whole_residual_branches_per_example_in_training_only(capsys, tmp_path):
+    from train.models import build_resnet
+    from train.run import MEMBER_RECORD_FIELDS, main, member_mismatch
+
+    assert not [la for la in build_resnet(32, 4, 0.25).layers if "drop_path" in la.name]
+    m = build_resnet(32, 4, 0.25, drop_path=0.4)
+    drops = [la for la in m.layers if "drop_path" in la.name]
+    assert [round(d.rate, 2) for d in drops] == [0.1, 0.2, 0.3, 0.4]  # deeper blocks are skipped more often
+    branch = np.random.default_rng(0).normal(size=(400, 2, 2, 8)).astype(np.float32)
+    out = np.asarray(drops[-1](branch, training=True))
+    kept = out != 0
+    # one decision per example, not per value: a dropped branch is zero everywhere, a kept one nowhere
+    assert set(kept.reshape(400, -1).mean(axis=1)) == {0.0, 1.0}
+    assert 0.5 < kept.reshape(400, -1)[:, 0].mean() < 0.7  # kept with probability 0.6
+    np.testing.assert_allclose(out[kept], branch[kept] / 0.6, rtol=1e-5)
+    x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_array_equal(m(x, training=False), m(x, training=False))  # inference is deterministic
+    assert not np.allclose(m(x, training=True), m(x, training=True))
+    # a member trained without it is not reused by a run that asks for it; bad values are refused before any work
+    want = {f: 0 for f in MEMBER_RECORD_FIELDS} | {"drop_path": 0.1}
+    assert member_mismatch({k: v for k, v in want.items() if k != "drop_path"}, want) == \
+        "--teacher-drop-path 0.0 (this run wants 0.1)"
+    for argv, msg in ((["--teacher-drop-path", "1"], "want a probability in [0, 1)"),
+                      (["--teacher-drop-path", "0.1"], "needs 'res' members")):
+        assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and msg in err and not (tmp_path / "o").exists()
+
+
 def test_teacher_member_specs(capsys, tmp_path, tiny_run):
     from train.config import Config, member_specs
     from train.run import main

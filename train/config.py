@@ -52,6 +52,9 @@ class Config:
     # > 0: members keep an exponential moving average of their weights (Polyak averaging, this momentum per step);
     # validation, early stopping and the saved member all use the average. 0 = off.
     teacher_ema: float = 0.0
+    # > 0: stochastic depth in the 'res' members (the 'dw' family has no shortcuts): each example skips a residual
+    # branch with a probability rising to this value at the last block (Huang et al. 2016). 0 = off.
+    teacher_drop_path: float = 0.0
     # early stopping of the teacher's members: epochs without a better validation score; 0 = none (every epoch runs,
     # the last weights are kept); -1 = --patience.
     teacher_patience: int = -1

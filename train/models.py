@@ -77,10 +77,15 @@ def _conv_bn(x, filters, stride, name, relu=True):
 RESNET_STAGES = (32, 64, 128, 256)
 
 
-def build_resnet(size: int, n_classes: int, width: float = 1.0, dropout: float = 0.2) -> keras.Model:
+def build_resnet(size: int, n_classes: int, width: float = 1.0, dropout: float = 0.2,
+                 drop_path: float = 0.0) -> keras.Model:
     """A second CNN family for teacher ensembles: full 3x3 convs with identity shortcuts, where the student
     family is depthwise-separable without shortcuts. Members of different families err on different images,
-    so their average gains more than an average of one family's seeds."""
+    so their average gains more than an average of one family's seeds.
+
+    drop_path > 0: stochastic depth (Huang et al. 2016). In training each example skips a block's residual branch
+    with a probability rising linearly to drop_path at the last block; the branch is scaled up by 1 / (1 - p) when
+    kept, so inference needs no change."""
     inp = keras.Input((size, size, 1), name="pixels")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inp)
     x = _conv_bn(x, int(16 * width), 2, "stem")
@@ -89,6 +94,10 @@ def build_resnet(size: int, n_classes: int, width: float = 1.0, dropout: float =
         f, stride = int(f * width), 1 if i == 0 else 2
         y = _conv_bn(x, f, stride, f"s{i}a")
         y = _conv_bn(y, f, 1, f"s{i}b", relu=False)
+        if drop_path > 0:
+            # a dropout mask of one value per example drops (or keeps and rescales) the whole branch
+            y = layers.Dropout(drop_path * (i + 1) / len(RESNET_STAGES), noise_shape=(None, 1, 1, 1),
+                               name=f"s{i}_drop_path")(y)
         if stride != 1 or x.shape[-1] != f:
             x = layers.Conv2D(f, 1, strides=stride, use_bias=False, name=f"s{i}_proj")(x)
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"s{i}_proj_bn")(x)

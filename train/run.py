@@ -93,15 +93,16 @@ def oof_logits(member_logits: list[np.ndarray], folds: np.ndarray, k: int) -> np
     return out
 
 
-# What a member's record says when it lacks a field: records from before folds, families, mixup, cutmix and EMA
-# existed belong to whole-split "dw" members without mixup, cutmix or EMA. Other missing fields (a member copied in
+# What a member's record says when it lacks a field: records from before folds, families, mixup, cutmix, EMA and
+# stochastic depth existed belong to whole-split "dw" members without any of them. Other missing fields (a member copied in
 # without its record) are unknown and not compared. The seed is never compared: a run with another --seed may reuse
 # members on purpose.
-MEMBER_RECORD_DEFAULTS = {"arch": "dw", "mixup": 0.0, "cutmix": 0.0, "ema": 0.0, "folds": 0, "left_out_fold": None,
-                          "fold_seed": None, "fold_dups": None}
+MEMBER_RECORD_DEFAULTS = {"arch": "dw", "mixup": 0.0, "cutmix": 0.0, "ema": 0.0, "drop_path": 0.0, "folds": 0,
+                          "left_out_fold": None, "fold_seed": None, "fold_dups": None}
 # record field -> how the error names it (the member spec's parts, or the flag that sets it)
 MEMBER_RECORD_FIELDS = {"arch": "family", "augment": "augmentation", "epochs": "epochs", "mixup": "--teacher-mixup",
-                        "cutmix": "--teacher-cutmix", "ema": "--teacher-ema", "width": "--teacher-width",
+                        "cutmix": "--teacher-cutmix", "ema": "--teacher-ema",
+                        "drop_path": "--teacher-drop-path", "width": "--teacher-width",
                         "lr": "--teacher-lr", "label_smoothing": "--label-smoothing",
                         "dropout": "--student-dropout", "patience": "--teacher-patience", "folds": "--teacher-folds",
                         "left_out_fold": "left-out fold",
@@ -149,9 +150,11 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
         # specs also differ by the views they train on. Numbering seeds per spec keeps each member's seed
         # fixed when members of another spec are added.
         seed = cfg.seed + 1000 * (1 + specs[:i].count((aug, epochs, arch)))
+        drop_path = cfg.teacher_drop_path if arch == "res" else 0.0
         k = cfg.teacher_folds
         info = {"arch": arch, "augment": aug, "epochs": epochs, "mixup": cfg.teacher_mixup, "cutmix": cfg.teacher_cutmix,
-                "ema": cfg.teacher_ema, "seed": seed, "width": cfg.teacher_width, "lr": cfg.teacher_lr,
+                "ema": cfg.teacher_ema, "drop_path": drop_path, "seed": seed, "width": cfg.teacher_width,
+                "lr": cfg.teacher_lr,
                 "label_smoothing": cfg.label_smoothing, "dropout": cfg.student_dropout, "patience": teacher_patience(cfg),
                 "folds": k, "left_out_fold": i % k if k else None, "fold_seed": cfg.split_seed if k else None,
                 # folds keep near-duplicates together since this field exists; members without it split them
@@ -172,7 +175,8 @@ def train_teacher(cfg, strategy, t_imgs, imgs, splits, y_tr, sw, n, out, epoch_t
              f"'{aug}' augmentation, up to {epochs} epochs")
         keras.utils.set_random_seed(seed)
         with strategy.scope():
-            m = MEMBER_ARCHS[arch](tsize, n, cfg.teacher_width, cfg.student_dropout)
+            m = MEMBER_ARCHS[arch](tsize, n, cfg.teacher_width, cfg.student_dropout,
+                                   **({"drop_path": drop_path} if drop_path else {}))
         mdata = data
         if k:
             keep = folds != i % k
@@ -223,6 +227,12 @@ def run(cfg) -> int:
                         f"not together with --teacher-mixup")
     if not 0 <= cfg.teacher_ema < 1:
         raise DataError(f"--teacher-ema {cfg.teacher_ema:g}: want a momentum in (0, 1), e.g. 0.99, or 0 for none")
+    if not 0 <= cfg.teacher_drop_path < 1:
+        raise DataError(f"--teacher-drop-path {cfg.teacher_drop_path:g}: want a probability in [0, 1)")
+    if cfg.teacher_drop_path > 0 and not (cfg.teacher_recipe == "ensemble" and not cfg.teacher
+                                          and any(a == "res" for *_, a in member_specs(cfg))):
+        raise DataError("--teacher-drop-path needs 'res' members to train (e.g. --teacher-members "
+                        "flip:14:res,geo:24:res): the other teachers have no residual branches to drop")
     if not cfg.baseline_mixup >= 0:
         raise DataError(f"--baseline-mixup {cfg.baseline_mixup:g}: want a Beta parameter > 0, or 0 for no mixup")
     if cfg.patience < 0:
