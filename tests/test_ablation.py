@@ -67,3 +67,16 @@ def test_extra_run_without_baseline_takes_its_seeds_scratch_student(tmp_path):
     assert ablation.main(argv + ["--reuse-baselines", str(tmp_path / "base")]) == 0
     md = (docs / "ablation.md").read_text()
     assert "| 7 | 96.00 | 95.00 | 92.00 | +3.00 |" in md and "seed 7 from `b`" in md
+
+
+def test_pooled_gain_weights_each_split_by_its_image_count(tmp_path, capsys):
+    from tools.pooled_gain import main
+
+    # seed 1: +2 on 100 val images, -1 on 300 test images -> +2*100/400 - 1*300/400 = -0.25 pooled
+    # seed 2: 0 on val, +1 on test -> +0.75 pooled
+    seeds = [{"seed": 1, "student": 90.0, "baseline": 91.0, "student_val": 95.0, "baseline_val": 93.0},
+             {"seed": 2, "student": 92.0, "baseline": 91.0, "student_val": 94.0, "baseline_val": 94.0}]
+    (tmp_path / "r.json").write_text(json.dumps({"seeds": seeds}))
+    assert main(["--sizes", "100,300", str(tmp_path / "r.json")]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "| 2 | +0.00 ± 1.41 | +1.00 ± 1.41 | +0.25 ± 0.71 | 1/2 |" in row
