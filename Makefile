@@ -19,19 +19,20 @@ endif
 OUT := artifacts/$(RUN)
 ARGS ?=
 
-.PHONY: all venv data distill tflite parity ship test test-train test-device lint bench pi-smoke clean
+.PHONY: all venv data distill tflite parity ship test test-fast test-train test-device lint bench pi-smoke clean
 
 all: data distill tflite parity
 
-# Environments install only when their requirements change (stamp files).
-$(VENV)/.stamp: requirements.txt
+# Environments install only when their requirements change (stamp files). The project itself is installed
+# editable (pyproject.toml), so every module imports from anywhere without path tricks.
+$(VENV)/.stamp: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q -e ".[train]"
 	touch $@
 
-$(DVENV)/.stamp: device/requirements.txt
+$(DVENV)/.stamp: device/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(DVENV)
-	$(DVENV)/bin/pip install -q -r device/requirements.txt pytest
+	$(DVENV)/bin/pip install -q -e ".[device]" pytest
 	touch $@
 
 venv: $(VENV)/.stamp $(DVENV)/.stamp
@@ -55,7 +56,12 @@ bench: $(VENV)/.stamp $(DVENV)/.stamp
 	$(PY) -m bench --run $(OUT) $(ARGS)
 
 # Tests: training/convert side in .venv, device side in .venv-device (no TensorFlow there).
+# test-fast skips the end-to-end checks marked slow (conversion processes, EfficientNet, MirroredStrategy).
 test: test-train test-device
+
+test-fast: $(VENV)/.stamp $(DVENV)/.stamp
+	$(PY) -m pytest -q -m "not slow" tests --ignore=tests/device
+	$(DPY) -m pytest -q -m "not slow" tests/device
 
 test-train: $(VENV)/.stamp
 	$(PY) -m pytest -q tests --ignore=tests/device

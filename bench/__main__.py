@@ -5,8 +5,8 @@
 Per variant: file size, params, MACs, load time, latency p50/p90 (batch 1, after
 warm-up, fixed threads), images/s, accuracy / macro-F1 / ECE on the run's test
 split, and wall time + peak RSS of a fresh `python -m device.classify` process.
-Ratios are against teacher float32 on the same runtime. Writes bench/results.json
-and bench/results.md.
+Ratios are against teacher float32 on the same runtime. Writes <run>/bench/results.json
+and <run>/bench/results.md (the model card takes its speed table from there).
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+from convert.tflite import VARIANTS
+from device.atomic import atomic_write_bytes, atomic_write_json
 from device.bench import cpu_name
-from device.metadata import atomic_write_bytes, atomic_write_json
+from train.config import RUN_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("teacher_fp32", "teacher_int8", "student_fp32", "student_fp16", "student_dynamic", "student_int8",
-            "baseline_int8")
 # Which interpreter each runtime's numbers come from: tflite-runtime lives in the
 # device venv (numpy<2); LiteRT in the training venv (numpy 2).
 RUNTIMES = (("tflite-runtime", ROOT / ".venv-device/bin/python"), ("litert", ROOT / ".venv/bin/python"))
@@ -43,19 +43,20 @@ def fresh_process(python, model, image, runtime):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--run", default="artifacts/synthetic")
+    p.add_argument("--run", default=RUN_DIR)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5, help="fresh-process measurements (median reported)")
     p.add_argument("--teacher-run", help="take the teacher variants from this run (default: --run)")
     p.add_argument("--reference-run", help="also time this run's teacher_fp32 as 'reference_fp32' (e.g. the "
                                           "EfficientNetB0 teacher of an older run); ratios stay against teacher_fp32")
-    p.add_argument("--out", default="bench")
+    p.add_argument("--out", help="report folder (default: <run>/bench)")
     a = p.parse_args(argv)
     run = Path(a.run)
     teacher_run = Path(a.teacher_run) if a.teacher_run else run
     # (row name, run folder, file variant); the reference teacher keeps its own file name.
-    todo = [(v, teacher_run if v.startswith("teacher") else run, v) for v in VARIANTS]
+    todo = [(v, teacher_run if v.startswith("teacher") else run, v)
+            for v in sorted(VARIANTS, key=lambda v: not v.startswith("teacher"))]  # the ratios' reference first
     if a.reference_run:
         todo.insert(0, ("reference_fp32", Path(a.reference_run), "teacher_fp32"))
     manifests = {src: json.loads((src / "manifest.json").read_text()) for _, src, _ in todo}
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
               "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "arch": platform.machine()},
               "threads": a.threads, "runs": a.runs, "kd_gain_test_accuracy": manifests[run].get("kd_gain_test_accuracy"),
               "rows": rows}
-    out = Path(a.out)
+    out = Path(a.out) if a.out else run / "bench"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", result)
     md = to_markdown(result)

@@ -10,19 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from convert.tflite import VARIANTS
-from device.metadata import atomic_write_json
-
-DEFAULT_VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32")
+from convert import calibration
+from convert.tflite import DEFAULT_VARIANTS, VARIANTS
+from device.atomic import atomic_write_json
+from train.config import RUN_DIR
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.splitlines()[0])
-    p.add_argument("--run", default="artifacts/synthetic", help="run folder written by python -m train")
+    p.add_argument("--run", default=RUN_DIR, help="run folder written by python -m train")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated, from: {', '.join(VARIANTS)}")
-    p.add_argument("--calibration-size", type=int, default=300, help="representative images (training split)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--calibration-size", type=int, default=calibration.SIZE,
+                   help="representative images (training split)")
+    p.add_argument("--seed", type=int, default=calibration.SEED)
     a = p.parse_args(argv)
     run = Path(a.run)
     if not (run / "split.json").is_file():

@@ -12,6 +12,9 @@ import numpy as np
 
 from device.preprocess import load_image
 
+SIZE = 300   # representative images, drawn stratified from the training split
+SEED = 42
+
 
 def choose(train_paths: list[str], classes: list[str], n: int, seed: int) -> list[str]:
     """Stratified, reproducible pick of n training files (class = parent folder name)."""

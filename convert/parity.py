@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from convert import calibration
-from device.metadata import ModelError, atomic_write_bytes, atomic_write_json, read_metadata
+from device.atomic import atomic_write_bytes, atomic_write_json
+from device.metadata import ModelError, read_metadata
+from device.metrics import softmax, summarize
 from device.runtime import Classifier
+from train.config import RUN_DIR
 
 
 def evaluate(run_dir, model_name="student_int8", float_name="student", max_drop=1.0, min_agreement=98.0,
              runtime="auto") -> dict:
     import keras
-
-    from train.metrics import softmax, summarize
 
     run_dir = Path(run_dir)
     split = calibration.read_split(run_dir)
@@ -101,7 +102,7 @@ def scatter_png(r, path):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.parity", description=__doc__.splitlines()[0])
-    p.add_argument("--run", default="artifacts/synthetic")
+    p.add_argument("--run", default=RUN_DIR)
     p.add_argument("--model", default="student_int8", help="TFLite variant in the run folder")
     p.add_argument("--float-model", default="student", help="Keras model it must agree with")
     p.add_argument("--max-drop", type=float, default=1.0, help="max accuracy drop, points")

@@ -2,7 +2,8 @@
 
     python -m convert.ship --run artifacts/real      (make ship RUN=real)
 
-Refuses a model that has not passed the parity gate.
+Refuses a model that has not passed the parity gate. The card's speed table is the run's own benchmark
+(`make bench` writes <run>/bench/results.md), when there is one.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from device.metadata import ModelError, atomic_write_bytes, atomic_write_json, read_metadata
+from device.atomic import atomic_write_bytes, atomic_write_json
+from device.metadata import ModelError, read_metadata
+from train.config import RUN_DIR, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,12 +27,15 @@ def teacher_name(manifest) -> str:
     c = manifest["config"]
     if c.get("teacher"):
         return f"`{c['teacher']}`"
-    if c.get("teacher_recipe", "efficientnetb0") == "ensemble":
-        members = str(c["teacher_members"])
-        n = int(members) if members.isdigit() else len(members.split(","))
-        how = "seeds differ" if members.isdigit() else f"trained as {members} (augmentation:epochs)"
-        return f"ensemble of {n} CNNs (student family, width {c['teacher_width']:g}, {how}, logits averaged)"
-    return "EfficientNetB0"
+    if c.get("teacher_recipe", "efficientnetb0") != "ensemble":
+        return "EfficientNetB0"
+    try:  # the run's own members, parsed as the run parsed them
+        members = Config(teacher_members=c["teacher_members"], augment=c["augment"],
+                         teacher_epochs=c["teacher_epochs"]).members
+    except ConfigError:
+        return f"ensemble `{c['teacher_members']}`"
+    how = ", ".join(f"{m.augment}:{m.epochs}" for m in members)
+    return f"ensemble of {len(members)} CNNs (student family, trained as {how} (augmentation:epochs), logits averaged)"
 
 
 def model_card(manifest, parity, meta, bench=None) -> str:
@@ -51,7 +57,7 @@ def model_card(manifest, parity, meta, bench=None) -> str:
          f"({res['teacher']['params']:,} parameters, {res['teacher']['input_size']} px)."
          if parity["float_model"] == "student" else
          "- Trained on labels only (the run's no-distillation baseline): in this run distillation did not beat it "
-         "(see the metrics below and docs/teacher.md), so the better model is the one shipped."),
+         "(see the metrics below and docs/research.md), so the better model is the one shipped."),
         (f"- Chosen over the run's other student on validation accuracy (distilled {pct(res['student']['val']['accuracy'])}"
          f", no distillation {pct(res['baseline']['val']['accuracy'])}); the test split below was not used to choose."
          if "baseline" in res and "val" in res["student"] else None),
@@ -108,7 +114,7 @@ def model_card(manifest, parity, meta, bench=None) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.ship", description=__doc__.splitlines()[0])
-    p.add_argument("--run", default="artifacts/real")
+    p.add_argument("--run", default=RUN_DIR)
     p.add_argument("--model", default="student_int8", help="int8 variant of the run to ship (e.g. baseline_int8)")
     p.add_argument("--dest", default=str(ROOT / "device" / "models"))
     a = p.parse_args(argv)
@@ -124,7 +130,7 @@ def main(argv=None) -> int:
     if not parity.get("passed"):
         print(f"error: {run} failed its parity gate: {parity.get('failures')}", file=sys.stderr)
         return 1
-    bench_md = ROOT / "bench" / "results.md"
+    bench_md = run / "bench" / "results.md"
     bench = bench_md.read_text() if bench_md.is_file() else None
     # Always installed under the name the device loads by default.
     atomic_write_bytes(dest / "student_int8.tflite", (run / f"{a.model}.tflite").read_bytes())

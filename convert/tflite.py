@@ -13,10 +13,13 @@ import numpy as np
 
 from convert import calibration
 from convert.audit import audit, check_full_int8
-from device.metadata import atomic_write_bytes, atomic_write_json, make_metadata
+from device.atomic import atomic_write_bytes, atomic_write_json
+from device.metadata import make_metadata
 
+# Every variant a run can be converted to ("<model>_<kind>"), and the ones `make tflite` writes.
 VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32", "teacher_int8",
             "baseline_int8")
+DEFAULT_VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32")
 
 
 def with_softmax(model):
@@ -63,7 +66,7 @@ def convert(model, kind: str, representative: np.ndarray | None = None) -> bytes
     return conv.convert()
 
 
-def convert_variant(run_dir, variant: str, calibration_size: int = 300, seed: int = 42,
+def convert_variant(run_dir, variant: str, calibration_size: int = calibration.SIZE, seed: int = calibration.SEED,
                     representative_override: np.ndarray | None = None, out_name: str | None = None) -> dict:
     """Write <run>/<out_name or variant>.tflite and its .json sidecar; return a summary."""
     import keras
@@ -113,8 +116,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.tflite", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
     p.add_argument("--variant", required=True, choices=VARIANTS)
-    p.add_argument("--calibration-size", type=int, default=300)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--calibration-size", type=int, default=calibration.SIZE)
+    p.add_argument("--seed", type=int, default=calibration.SEED)
     a = p.parse_args(argv)
     try:
         r = convert_variant(a.run, a.variant, a.calibration_size, a.seed)

@@ -1,26 +1,32 @@
 """Shared fixtures for the training/convert tests (run in .venv).
 
-Everything is tiny: 32-48 px phantoms, a few epochs, so the suite fits in CI.
+Everything is tiny: 32-48 px phantoms, a few epochs. One session-scoped training run (`tiny_run`) serves every
+test that needs a trained teacher, students or a run folder; other runs reuse its teacher via --teacher.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_collection_modifyitems(items):
+    """Whatever needs the trained tiny run is end to end: `slow` (make test-fast skips it)."""
+    for item in items:
+        if {"tiny_run", "converted"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
 def phantoms(tmp_path_factory):
     from train.phantom import write_dataset
 
-    return write_dataset(tmp_path_factory.mktemp("phantoms"), n_train=60, n_test=25, size=64, seed=1)
+    return write_dataset(tmp_path_factory.mktemp("phantoms"), n_train=120, n_test=25, size=64, seed=1)
 
 
 def tiny_config(data_root: Path, out: Path, **kw):
@@ -28,8 +34,8 @@ def tiny_config(data_root: Path, out: Path, **kw):
 
     base = dict(data=str(data_root / "Training"), test_data=str(data_root / "Testing"), image_size=48, teacher_size=32,
                 cache_dir=str(out / "cache"), out=str(out / "run"), teacher_epochs=1, student_epochs=12,
-                batch_size=16, patience=20, seed=3, augment="none", student_lr=0.01,
-                teacher_members="none:1,geo:1:res",  # both member families
+                batch_size=16, patience=20, seed=3, augment="flip", student_lr=0.01,
+                teacher_members="none:1,geo:1",
                 # the 1-epoch teacher only exercises the plumbing; the student must learn from labels
                 alpha=0.9)
     base.update(kw)
@@ -38,7 +44,7 @@ def tiny_config(data_root: Path, out: Path, **kw):
 
 @pytest.fixture(scope="session")
 def tiny_run(phantoms, tmp_path_factory):
-    """One full (tiny) training run: teacher, distilled student, baseline."""
+    """One full (tiny) training run: a two-member teacher ensemble, the distilled student, the baseline."""
     from train.run import run
 
     out = tmp_path_factory.mktemp("run")

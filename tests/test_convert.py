@@ -100,15 +100,13 @@ def test_corrupted_or_mismatched_model_is_refused(converted, tmp_path):
 
 
 def test_convert_cli_writes_variants_in_separate_processes(converted):
-    run, _ = converted
-    p = subprocess.run([sys.executable, "-m", "convert", "--run", str(run), "--variants",
-                        "student_int8,student_fp16,student_dynamic,teacher_fp32", "--calibration-size", "20"],
+    run, r = converted
+    p = subprocess.run([sys.executable, "-m", "convert", "--run", str(run), "--variants", "student_fp16"],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads((run / "convert_report.json").read_text())
-    sizes = {v["variant"]: v["bytes"] for v in report["variants"]}
-    assert set(sizes) == {"student_int8", "student_fp16", "student_dynamic", "teacher_fp32"}
-    assert sizes["student_int8"] < sizes["student_fp16"] < sizes["teacher_fp32"]
+    assert [v["variant"] for v in report["variants"]] == ["student_fp16"] and report["failed"] == []
+    assert r["bytes"] < report["variants"][0]["bytes"]  # int8 is smaller than fp16
     assert not list(run.glob(".*.tmp"))  # atomic writes leave no temp files
     bad = subprocess.run([sys.executable, "-m", "convert", "--run", str(run / "nope")], capture_output=True,
                          text=True, cwd=ROOT)

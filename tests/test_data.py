@@ -98,5 +98,5 @@ def test_data_cli_prints_report(phantoms, capsys, tmp_path):
 
     assert main(["--data", str(phantoms / "Training"), "--cache-dir", str(tmp_path), "--image-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert "per class: glioma 60" in out and "exact duplicates" in out and "near-duplicate" in out
+    assert "per class: glioma 120" in out and "exact duplicates" in out and "near-duplicate" in out
     assert main(["--data", str(tmp_path / "missing")]) == 2

@@ -9,6 +9,7 @@ preprocessing parameters, so later runs never decode a JPEG again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.metadata import atomic_write_bytes, atomic_write_json
+from device.atomic import atomic_write_bytes, atomic_write_json
 from device.preprocess import CONTRACT_VERSION, ImageError, is_image_path, load_image
 
 THUMB = 16  # near-duplicate thumbnails are THUMB x THUMB grey levels
@@ -143,29 +144,6 @@ def near_duplicate_pairs(thumbs: np.ndarray, threshold: float, chunk: int = 1024
     return sum(len(i) for i, _ in close_pairs(thumbs, threshold, chunk))
 
 
-def duplicate_groups(thumbs: np.ndarray, sha256: list[str], threshold: float, chunk: int = 1024) -> np.ndarray:
-    """A group id per image: images linked by exact copies or chains of near-duplicates share one.
-
-    Near-duplicates are the same scan saved twice (re-encoded, slightly cropped) or a neighbouring slice; splitting a
-    group across folds lets a model score an image it has effectively trained on.
-    """
-    parent = np.arange(len(thumbs))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first: dict[str, int] = {}
-    for i, h in enumerate(sha256):
-        parent[root(i)] = root(first.setdefault(h, i))
-    for ii, jj in close_pairs(thumbs, threshold, chunk):
-        for a, b in zip(ii, jj):
-            parent[root(a)] = root(b)
-    return np.array([root(i) for i in range(len(thumbs))], np.int64)
-
-
 def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
     """Split indices into len(fractions)+1 parts (first = remainder), per class, reproducibly."""
     rng = np.random.default_rng(seed)
@@ -194,6 +172,14 @@ class Splits:
     @property
     def classes(self):
         return self.images.classes
+
+    def at_size(self, cfg, size: int) -> "Splits":
+        """The same files, split and order, decoded at another size (the teacher's)."""
+        if size == self.images.x.shape[1]:
+            return self
+        imgs = load_folder(cfg.data, size, cfg.cache_dir)
+        timgs = load_folder(cfg.test_data, size, cfg.cache_dir) if cfg.test_data else imgs
+        return dataclasses.replace(self, images=imgs, test_images=timgs)
 
 
 def prepare(cfg, size: int | None = None, log=print) -> Splits:

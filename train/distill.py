@@ -15,11 +15,7 @@ Decoupled KD (DKD, Zhao et al. 2022) splits that KL into a target-class term
 so the more confident the teacher, the less its ranking of the wrong classes
 (the "dark knowledge") counts. `beta` replaces that factor with a constant:
 
-    loss = alpha * CE + (1 - alpha) * T^2 * (tckd * TCKD + beta * NCKD)
-
-tckd (1 unless set) = 0 keeps only the teacher's ranking of the wrong classes: the
-hard labels alone say which class is right, even where an out-of-fold target's top
-class is wrong. Measured with such targets it still cost ~4 points (docs/teacher.md).
+    loss = alpha * CE + (1 - alpha) * T^2 * (TCKD + beta * NCKD)
 
 Two ways to get the teacher's logits:
 - cached: the dataset yields {"label", "teacher_logits"}; the teacher is never run
@@ -31,6 +27,7 @@ alpha = 1 with no teacher is the no-KD baseline: same loop, same budget.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -57,23 +54,11 @@ def decoupled_kl(labels, student_logits, teacher_logits, temperature: float):
     return tckd, nckd
 
 
-def _blended(labels) -> bool:
-    """(batch, classes) probabilities (mixup blends) rather than class ids."""
-    return len(labels.shape) == 2 and labels.shape[-1] > 1
-
-
 def distillation_loss(labels, student_logits, teacher_logits, temperature: float, alpha: float,
-                      beta: float | None = None, tckd: float = 1.0):
-    """Per-example loss, shape (batch,). beta None: Hinton KD; a number: DKD with that NCKD weight (and TCKD's tckd).
-
-    labels: class ids, or (batch, classes) probabilities (mixup blends; Hinton KD only).
-    """
-    if _blended(labels):
-        if beta is not None:
-            raise ValueError("DKD needs one true class per example, not blended labels")
-        ce = keras.losses.categorical_crossentropy(labels, student_logits, from_logits=True)
-    else:
-        ce = keras.losses.sparse_categorical_crossentropy(labels, student_logits, from_logits=True)
+                      beta: float | None = None):
+    """Per-example loss, shape (batch,), for class-id labels. beta None: Hinton KD; a number: DKD, NCKD weighted
+    by beta."""
+    ce = keras.losses.sparse_categorical_crossentropy(labels, student_logits, from_logits=True)
     if teacher_logits is None or alpha >= 1.0:
         return ce
     t = float(temperature)
@@ -81,7 +66,7 @@ def distillation_loss(labels, student_logits, teacher_logits, temperature: float
         kd = _kl(ops.log_softmax(teacher_logits / t, axis=-1), ops.log_softmax(student_logits / t, axis=-1))
     else:
         target_term, nckd = decoupled_kl(labels, student_logits, teacher_logits, t)
-        kd = float(tckd) * target_term + float(beta) * nckd
+        kd = target_term + float(beta) * nckd
     return alpha * ce + (1.0 - alpha) * (t ** 2) * kd
 
 
@@ -89,8 +74,7 @@ class Distiller(keras.Model):
     """A frozen teacher (optional) and a trainable student; `call` is the student."""
 
     def __init__(self, student: keras.Model, teacher: keras.Model | None = None,
-                 temperature: float = 4.0, alpha: float = 0.3, beta: float | None = None, tckd: float = 1.0,
-                 **kwargs):
+                 temperature: float = 4.0, alpha: float = 0.3, beta: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
@@ -99,7 +83,6 @@ class Distiller(keras.Model):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.beta = None if beta is None else float(beta)
-        self.tckd = float(tckd)
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def call(self, x, training=False):
@@ -114,23 +97,15 @@ class Distiller(keras.Model):
             teacher_logits = self.teacher(x, training=False) if use else None
         if not training:
             teacher_logits = None  # validation loss = the student's own CE, comparable across runs
-        per_example = distillation_loss(labels, y_pred, teacher_logits, self.temperature, self.alpha,
-                                        self.beta, self.tckd)
+        per_example = distillation_loss(labels, y_pred, teacher_logits, self.temperature, self.alpha, self.beta)
         if sample_weight is not None:
             per_example = per_example * ops.cast(sample_weight, per_example.dtype)
         loss = ops.mean(per_example)
-        # tf.distribute exists only under TensorFlow; tools/gpu_patient_kd.py imports this module under JAX.
-        if keras.backend.backend() != "tensorflow":
-            return loss
-        import tensorflow as tf
-
         # Each replica sees 1/n of the global batch; gradients are summed across replicas.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return loss / replicas if replicas > 1 else loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels = y["label"] if isinstance(y, dict) else y
-        if _blended(labels):  # scored as the class with the larger share
-            labels = ops.argmax(labels, axis=-1)
         self.accuracy.update_state(labels, y_pred)
         return super().compute_metrics(x, y, y_pred, sample_weight)

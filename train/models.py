@@ -1,4 +1,5 @@
-"""Teacher (EfficientNetB0) and student (int8-friendly depthwise-separable CNN), plus MAC counting.
+"""The networks: the student (an int8-friendly depthwise-separable CNN, also the teacher ensemble's member) and
+the EfficientNetB0 teacher recipe, plus MAC counting.
 
 Both take the preprocessing contract's raw pixels, shape (size, size, 1), values
 0..255 as float32; scaling happens inside the model so the int8 student's input
@@ -14,7 +15,7 @@ from keras import layers
 BN_MOMENTUM = 0.9
 
 
-def build_teacher(size: int, n_classes: int, weights: str = "none", dropout: float = 0.3) -> keras.Model:
+def build_efficientnetb0(size: int, n_classes: int, weights: str = "none", dropout: float = 0.3) -> keras.Model:
     inp = keras.Input((size, size, 1), name="pixels")
     # EfficientNetB0 wants 3 channels and does its own 0..255 rescaling/normalisation.
     x = layers.Concatenate(name="gray_to_rgb")([inp, inp, inp])
@@ -65,53 +66,6 @@ def build_student(size: int, n_classes: int, width: float = 1.0, dropout: float 
     return keras.Model(inp, out, name="student_dwcnn")
 
 
-def _conv_bn(x, filters, stride, name, relu=True):
-    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=name)(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
-
-
-# Filters per stage of the residual teacher member: one basic block (two full 3x3 convs) per stage, each
-# stage after the first halving the resolution. Two stride-2 stem convs first, as in the student, keep it
-# at ~44 s per real-data epoch at 128 px on 2 cores (68 M MACs, 1.2 M parameters).
-RESNET_STAGES = (32, 64, 128, 256)
-
-
-def build_resnet(size: int, n_classes: int, width: float = 1.0, dropout: float = 0.2,
-                 drop_path: float = 0.0) -> keras.Model:
-    """A second CNN family for teacher ensembles: full 3x3 convs with identity shortcuts, where the student
-    family is depthwise-separable without shortcuts. Members of different families err on different images,
-    so their average gains more than an average of one family's seeds.
-
-    drop_path > 0: stochastic depth (Huang et al. 2016). In training each example skips a block's residual branch
-    with a probability rising linearly to drop_path at the last block; the branch is scaled up by 1 / (1 - p) when
-    kept, so inference needs no change."""
-    inp = keras.Input((size, size, 1), name="pixels")
-    x = layers.Rescaling(1.0 / 255.0, name="scale")(inp)
-    x = _conv_bn(x, int(16 * width), 2, "stem")
-    x = _conv_bn(x, int(RESNET_STAGES[0] * width), 2, "stem2")
-    for i, f in enumerate(RESNET_STAGES):
-        f, stride = int(f * width), 1 if i == 0 else 2
-        y = _conv_bn(x, f, stride, f"s{i}a")
-        y = _conv_bn(y, f, 1, f"s{i}b", relu=False)
-        if drop_path > 0:
-            # a dropout mask of one value per example drops (or keeps and rescales) the whole branch
-            y = layers.Dropout(drop_path * (i + 1) / len(RESNET_STAGES), noise_shape=(None, 1, 1, 1),
-                               name=f"s{i}_drop_path")(y)
-        if stride != 1 or x.shape[-1] != f:
-            x = layers.Conv2D(f, 1, strides=stride, use_bias=False, name=f"s{i}_proj")(x)
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"s{i}_proj_bn")(x)
-        x = layers.ReLU(name=f"s{i}_out")(layers.Add(name=f"s{i}_add")([y, x]))
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(dropout, name="head_dropout")(x)
-    out = layers.Dense(n_classes, name="logits")(x)
-    return keras.Model(inp, out, name="teacher_resnet")
-
-
-# Teacher ensemble member families, by the name used in --teacher-members AUGMENT:EPOCHS:ARCH.
-MEMBER_ARCHS = {"dw": build_student, "res": build_resnet}
-
-
 def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates of one forward pass (batch 1): conv, depthwise conv and dense layers."""
     total = 0
@@ -133,3 +87,4 @@ def count_macs(model: keras.Model) -> int:
         elif isinstance(layer, layers.Dense):
             total += in_shape[-1] * out_shape[-1]
     return int(total)
+

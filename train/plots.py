@@ -1,25 +1,19 @@
 """Report figures (matplotlib, no display needed)."""
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from device.atomic import atomic_path  # noqa: E402
+
 
 def save_fig(fig, path):
-    """Atomic PNG write."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def confusion_png(cms: dict, classes, path):

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_int8.tflite"
 
 

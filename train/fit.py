@@ -1,0 +1,183 @@
+"""Keras plumbing shared by the teacher and student stages: datasets, augmentation, schedules, fit, save.
+
+Every fit is resumable: a killed run restarts from its last finished epoch (keras BackupAndRestore in the
+stage's folder), and every saved model is written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from device.atomic import atomic_path
+from train.config import AUGMENT_LEVELS
+from train.distill import Distiller
+
+# Progress bars on a terminal, one line per epoch in logs (nohup, CI).
+VERBOSE = 1 if sys.stdout.isatty() else 2
+
+
+@dataclass
+class TrainSet:
+    """The arrays one fit needs: training images, labels and sample weights, validation images and labels."""
+    x: np.ndarray        # (N, s, s) uint8
+    y: np.ndarray
+    w: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def make_strategy(name: str):
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy(devices=[d.name for d in (gpus or tf.config.list_logical_devices("CPU"))])
+    return tf.distribute.get_strategy()
+
+
+def augmenter(level: str, seed: int) -> keras.Sequential | None:
+    """MRI-appropriate, label-preserving: left/right flip; "geo" adds small pose changes (rotation, zoom, shift;
+    the uncovered border stays black like the scan's background).
+
+    "flip" is the only view change that flip-TTA cached teacher logits are exactly valid for.
+    """
+    if level not in AUGMENT_LEVELS:
+        raise ValueError(f"unknown augment level '{level}' ({' | '.join(AUGMENT_LEVELS)})")
+    if level == "none":
+        return None
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed)]
+    if level == "geo":
+        layers += [keras.layers.RandomRotation(0.04, fill_mode="constant", seed=seed + 1),
+                   keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+                   keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 3)]
+    return keras.Sequential(layers, name="augment")
+
+
+def make_dataset(x, target, weights=None, batch=64, shuffle=False, augment="none", seed=0):
+    """x: (N, s, s) uint8 in memory; target: labels, one-hot or a dict of arrays."""
+    items = (x, target) if weights is None else (x, target, weights)
+    ds = tf.data.Dataset.from_tensor_slices(items)
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch, drop_remainder=shuffle)
+    aug = augmenter(augment, seed)
+
+    def prep(*t):
+        xb = tf.cast(t[0], tf.float32)[..., None]
+        if aug is not None:
+            xb = tf.clip_by_value(aug(xb, training=True), 0.0, 255.0)
+        return (xb,) + tuple(t[1:])
+
+    return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self._t, 2))
+
+
+def schedule(lr, epochs, steps):
+    """Linear warm-up over the first epoch, then cosine decay to 1% of lr."""
+    total = max(epochs * steps, 2)
+    warm = min(steps, total // 2)
+    return keras.optimizers.schedules.CosineDecay(lr * 0.1, total - warm, alpha=0.01, warmup_target=lr,
+                                                  warmup_steps=warm)
+
+
+def callbacks(stage_dir: Path, patience: int):
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    timer = EpochTimer()
+    return timer, [
+        # Killed runs resume from the last finished epoch (weights, optimizer, epoch counter).
+        keras.callbacks.BackupAndRestore(str(stage_dir / "backup")),
+        # Validation accuracy is noisy epoch to epoch: stop late and restore the best weights.
+        *([keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
+                                         restore_best_weights=True, verbose=1)] if patience > 0 else []),
+        keras.callbacks.CSVLogger(str(stage_dir / "history.csv"), append=True),
+        timer,
+    ]
+
+
+def fit_classifier(model, data: TrainSet, cfg, *, epochs, augment, seed, stage_dir, strategy) -> list[float]:
+    """Plain supervised training (the teacher); returns the seconds of each epoch."""
+    n = model.output_shape[-1]
+    steps = max(len(data.x) // cfg.batch_size, 1)
+    with strategy.scope():
+        model.compile(optimizer=keras.optimizers.AdamW(schedule(cfg.teacher_lr, epochs, steps),
+                                                       weight_decay=cfg.weight_decay),
+                      loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=False)
+    onehot = np.eye(n, dtype=np.float32)
+    train_ds = make_dataset(data.x, onehot[data.y], data.w, cfg.batch_size, shuffle=True, augment=augment, seed=seed)
+    val_ds = make_dataset(data.x_val, onehot[data.y_val], batch=cfg.batch_size)
+    timer, cbs = callbacks(Path(stage_dir), cfg.patience)
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=VERBOSE)
+    return timer.seconds
+
+
+def fit_student(student, data: TrainSet, cfg, *, teacher=None, soft_targets=None, alpha=1.0, stage_dir, strategy,
+                extra_callbacks=()) -> list[float]:
+    """Distillation (a teacher model in consistent mode, or its cached soft_targets) or, with neither and alpha 1,
+    the no-KD baseline: the same loop, seed and budget."""
+    steps = max(len(data.x) // cfg.batch_size, 1)
+    size = student.input_shape[1]
+    with strategy.scope():
+        if teacher is not None and teacher.input_shape[1] != size:
+            teacher = resized_teacher(teacher, size, teacher.input_shape[1])
+        beta = cfg.dkd_beta if cfg.kd_loss == "dkd" else None
+        distiller = Distiller(student, teacher, cfg.temperature, alpha, beta)
+        distiller.compile(optimizer=keras.optimizers.AdamW(schedule(cfg.student_lr, cfg.student_epochs, steps),
+                                                           weight_decay=cfg.weight_decay), jit_compile=False)
+        distiller(np.zeros((1, size, size, 1), np.float32))  # BackupAndRestore needs a built model
+    target = data.y if soft_targets is None else {"label": data.y, "teacher_logits": soft_targets.astype(np.float32)}
+    train_ds = make_dataset(data.x, target, data.w, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
+    val_ds = make_dataset(data.x_val, data.y_val, batch=cfg.batch_size)
+    timer, cbs = callbacks(Path(stage_dir), cfg.patience)
+    distiller.fit(train_ds, validation_data=val_ds, epochs=cfg.student_epochs, callbacks=cbs + list(extra_callbacks),
+                  verbose=VERBOSE)
+    return timer.seconds
+
+
+def resized_teacher(teacher, size, tsize):
+    """Consistent teaching with a teacher of another input size: resize the student's augmented batch."""
+    inp = keras.Input((size, size, 1))
+    x = keras.layers.Resizing(tsize, tsize, interpolation="bilinear")(inp)
+    return keras.Model(inp, teacher(x), name="teacher_resized")
+
+
+def predict_logits(model, x: np.ndarray, tta: bool = False, batch: int = 128) -> np.ndarray:
+    xf = x.astype(np.float32)[..., None]
+    logits = model.predict(xf, batch_size=batch, verbose=0)
+    if tta:  # horizontal flip is label-preserving for axial/coronal MRI: average both views
+        logits = (logits + model.predict(xf[:, :, ::-1], batch_size=batch, verbose=0)) / 2.0
+    return np.asarray(logits, np.float32)
+
+
+def save_model(model, path):
+    with atomic_path(path) as tmp:  # keeps the .keras suffix Keras insists on
+        model.save(tmp)
+
+
+def read_history(stage_dir) -> dict:
+    f = Path(stage_dir) / "history.csv"
+    if not f.is_file():
+        return {}
+    hist: dict[str, list] = {}
+    with open(f) as fh:
+        for r in csv.DictReader(fh):
+            for k, v in r.items():
+                if k != "epoch" and v not in ("", None):
+                    hist.setdefault(k, []).append(float(v))
+    return hist

@@ -1,0 +1,103 @@
+"""The report stage: score every model of a run on validation and test, and write the manifest (config, data
+report, results, timings, provenance), the figures and a summary table."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from device.atomic import atomic_write_json
+from device.metrics import softmax, summarize
+from train import fit
+from train.data import Splits
+from train.models import count_macs
+from train.plots import confusion_png, curves_png
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return (sha or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+def write_split(out: Path, splits: Splits, image_size: int) -> None:
+    """The run's file lists: what calibration draws from (train) and what parity and bench score (test)."""
+    imgs, timgs = splits.images, splits.test_images
+    atomic_write_json(out / "data_report.json", splits.report)
+    atomic_write_json(out / "split.json", {
+        "classes": splits.classes, "image_size": image_size,
+        "train": [imgs.paths[i] for i in splits.train], "val": [imgs.paths[i] for i in splits.val],
+        "test": [timgs.paths[i] for i in splits.test]})
+
+
+def evaluate(models: dict, splits: Splits, teacher_splits: Splits) -> dict:
+    """{name: params, MACs, input size, val and test summaries}; the teacher scores its own resolution's pixels."""
+    results = {}
+    for name, model in models.items():
+        s = teacher_splits if name == "teacher" else splits
+        entry = {"params": int(model.count_params()), "macs": count_macs(model), "input_size": int(model.input_shape[1])}
+        for split, images, idx in (("val", s.images, s.val), ("test", s.test_images, s.test)):
+            entry[split] = summarize(images.labels[idx], softmax(fit.predict_logits(model, images.x[idx])), s.classes)
+        results[name] = entry
+    return results
+
+
+def score_members(member_files: list[Path], cfg, teacher_splits: Splits) -> list[dict]:
+    """Each ensemble member's test accuracy alone, so the ensemble's gain is visible."""
+    s, rows = teacher_splits, []
+    for f, spec in zip(member_files, cfg.members):
+        probs = softmax(fit.predict_logits(keras.models.load_model(f), s.test_images.x[s.test]))
+        rows.append({"file": f.name, "augment": spec.augment, "epochs": spec.epochs,
+                     "test_accuracy": summarize(s.test_images.labels[s.test], probs, s.classes)["accuracy"]})
+    return rows
+
+
+def write(out: Path, cfg, splits: Splits, results: dict, seconds: dict, epoch_seconds: dict) -> dict:
+    for name, r in results.items():
+        r["train_seconds"] = round(seconds.get(name, 0.0), 1)
+        if name in epoch_seconds:
+            r["epoch_seconds"] = epoch_seconds[name]
+    confusion_png({k: v["test"]["confusion"] for k, v in results.items()}, splits.classes, out / "confusion.png")
+    curves_png({k: fit.read_history(out / "stages" / k) for k in results}, out / "curves.png")
+    gain = (results["student"]["test"]["accuracy"] - results["baseline"]["test"]["accuracy"]
+            if "baseline" in results else None)
+    manifest = {
+        "run": out.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv),
+        "git_commit": git_commit(), "versions": versions(), "config": dataclasses.asdict(cfg),
+        "data_report": splits.report, "results": results, "kd_gain_test_accuracy": gain,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()}, "epoch_seconds": epoch_seconds,
+        "classes": splits.classes,
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def summary_table(manifest) -> str:
+    rows = ["| model | params | MACs | val acc | test acc | test macro-F1 | train time |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in manifest["results"].items():
+        rows.append(f"| {name} | {r['params']:,} | {r['macs'] / 1e6:.1f} M | {r['val']['accuracy']:.2%} | "
+                    f"{r['test']['accuracy']:.2%} | {r['test']['macro_f1']:.4f} | {r['train_seconds']:.0f} s |")
+    g = manifest.get("kd_gain_test_accuracy")
+    if g is not None:
+        rows.append(f"\nKD gain (distilled - baseline, test accuracy): {g * 100:+.2f} points")
+    rows.append(f"total wall time: {manifest['seconds']['total']:.0f} s")
+    return "\n".join(rows)

@@ -1,0 +1,57 @@
+"""The student stage: the distilled student, then the same student (same seed, same loop, same budget) on labels
+only, the baseline every KD gain is measured against. Finished students are reused on a re-run."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from train import fit
+from train.config import Config
+from train.models import build_student
+
+
+def _log(msg):
+    print(f"[student {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def class_weights(labels, n) -> np.ndarray:
+    counts = np.bincount(labels, minlength=n).astype(np.float64)
+    return (len(labels) / (n * np.maximum(counts, 1))).astype(np.float32)
+
+
+def train_set(splits, cfg: Config) -> fit.TrainSet:
+    """A split's training arrays (class-balanced sample weights unless --no-class-balance) and validation arrays."""
+    imgs, n = splits.images, len(splits.classes)
+    y = imgs.labels[splits.train]
+    w = class_weights(y, n)[y] if cfg.class_balance else np.ones(len(y), np.float32)
+    return fit.TrainSet(imgs.x[splits.train], y, w, imgs.x[splits.val], imgs.labels[splits.val])
+
+
+def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, teacher, soft_targets, out: Path, strategy,
+                   seconds: dict, epoch_seconds: dict) -> dict:
+    """{"student": distilled, "baseline": labels only (unless --no-baseline)}. The teacher teaches through its
+    cached soft targets, or (--teacher-mode consistent) by scoring every augmented batch itself."""
+    runs = {"student": dict(alpha=cfg.alpha, soft_targets=soft_targets,
+                            teacher=teacher if cfg.teacher_mode == "consistent" else None)}
+    if cfg.baseline:
+        runs["baseline"] = dict(alpha=1.0, soft_targets=None, teacher=None)
+    models = {}
+    for name, how in runs.items():
+        t0, path = time.time(), out / f"{name}.keras"
+        if path.is_file():
+            _log(f"{name}: loading finished {path}")
+            models[name] = keras.models.load_model(path)
+        else:
+            kd = f", {cfg.kd_loss} T {cfg.temperature:g}, teacher {cfg.teacher_mode}" if how["alpha"] < 1 else ""
+            _log(f"{name}: training for up to {cfg.student_epochs} epochs (alpha {how['alpha']:g}{kd})")
+            keras.utils.set_random_seed(cfg.seed)  # same init and data order for KD and baseline
+            with strategy.scope():
+                models[name] = build_student(cfg.image_size, n_classes, cfg.student_width, cfg.student_dropout)
+            epoch_seconds[name] = fit.fit_student(models[name], data, cfg, **how, stage_dir=out / "stages" / name,
+                                                  strategy=strategy)
+            fit.save_model(models[name], path)
+        seconds[name] = time.time() - t0
+    return models

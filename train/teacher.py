@@ -1,0 +1,131 @@
+"""The teacher stage: load given teachers or train the run's own (ensemble members or EfficientNetB0), average an
+ensemble's logits, and cache the soft targets the student learns from.
+
+Each ensemble member is saved with a record of how it was trained (`teacher_member{i}.json`), so a re-run
+resumes member by member and never silently reuses a member trained differently.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from device.atomic import atomic_path, atomic_write_json
+from train import fit
+from train.config import Config, ConfigError
+from train.models import build_efficientnetb0, build_student
+
+# A member record's fields, named as the error message names them. The seed is not compared: a run with
+# another --seed may reuse members on purpose.
+RECORD_FIELDS = {"augment": "augmentation", "epochs": "epochs", "lr": "--teacher-lr",
+                 "label_smoothing": "--label-smoothing", "dropout": "--student-dropout", "patience": "--patience"}
+# Members trained by earlier versions with options that no longer exist (other CNN families, mixup, folds...)
+# carry them in their record; only the neutral value may be reused.
+REMOVED_OPTIONS = {"arch": "dw", "mixup": 0.0, "cutmix": 0.0, "ema": 0.0, "drop_path": 0.0, "folds": 0}
+
+
+def _log(msg):
+    print(f"[teacher {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_given(cfg: Config, strategy):
+    """The teachers named by --teacher as one model (several: the mean of their logits)."""
+    paths = [Path(p) for p in cfg.teacher_paths]
+    _log(f"loading {', '.join(map(str, paths))}")
+    with strategy.scope():
+        models = [keras.models.load_model(p) for p in paths]
+        return models[0] if len(models) == 1 else ensemble(models, max(int(m.input_shape[1]) for m in models))
+
+
+def member_record(cfg: Config, i: int) -> dict:
+    m = cfg.members[i]
+    # Members with one spec differ by seed; numbering seeds per spec keeps each member's seed fixed when members
+    # of another spec are added.
+    seed = cfg.seed + 1000 * (1 + cfg.members[:i].count(m))
+    return {"augment": m.augment, "epochs": m.epochs, "seed": seed, "lr": cfg.teacher_lr,
+            "label_smoothing": cfg.label_smoothing, "dropout": cfg.student_dropout, "patience": cfg.patience}
+
+
+def record_mismatch(old: dict, want: dict) -> str:
+    """'' when a finished member's record fits this run's slot, else what differs, old and wanted."""
+    diff = [f"{RECORD_FIELDS[f]} {old[f]} (this run wants {want[f]})" for f in RECORD_FIELDS
+            if f in old and old[f] != want[f]]
+    diff += [f"{f} {old[f]} (an option this version no longer has)" for f, neutral in REMOVED_OPTIONS.items()
+             if old.get(f, neutral) != neutral]
+    return ", ".join(diff)
+
+
+def train_members(cfg: Config, data: fit.TrainSet, n: int, out: Path, strategy, epoch_times: dict):
+    """The ensemble: one student-family CNN per --teacher-members entry, each saved when done."""
+    size = int(data.x.shape[1])
+    members = []
+    for i, spec in enumerate(cfg.members):
+        path, want = out / f"teacher_member{i}.keras", member_record(cfg, i)
+        record = path.with_suffix(".json")
+        if path.is_file():
+            m = keras.models.load_model(path)
+            old = json.loads(record.read_text()) if record.is_file() else {}
+            why = (f"{m.input_shape[1]} px input (this run's teacher takes {size} px)" if m.input_shape[1] != size
+                   else record_mismatch(old, want))
+            if why:
+                raise ConfigError(f"{path} was trained with {why}: remove it or pick another --out")
+            _log(f"member {i}: loading finished {path}")
+            members.append(m)
+            continue
+        _log(f"member {i + 1}/{len(cfg.members)}: {size} px, '{spec.augment}' augmentation, up to {spec.epochs} epochs")
+        keras.utils.set_random_seed(want["seed"])
+        with strategy.scope():
+            m = build_student(size, n, 1.0, cfg.student_dropout)
+        epoch_times[f"teacher_member{i}"] = fit.fit_classifier(
+            m, data, cfg, epochs=spec.epochs, augment=spec.augment, seed=want["seed"],
+            stage_dir=out / "stages" / f"teacher_member{i}", strategy=strategy)
+        fit.save_model(m, path)
+        atomic_write_json(record, want)
+        members.append(m)
+    with strategy.scope():
+        return ensemble(members, size) if len(members) > 1 else members[0]
+
+
+def train_efficientnet(cfg: Config, data: fit.TrainSet, n: int, out: Path, strategy, epoch_times: dict):
+    size = int(data.x.shape[1])
+    if (out / "teacher.keras").is_file():
+        _log(f"loading finished {out / 'teacher.keras'}")
+        with strategy.scope():
+            return keras.models.load_model(out / "teacher.keras")
+    _log(f"EfficientNetB0 at {size} px, weights {cfg.teacher_weights}, up to {cfg.teacher_epochs} epochs")
+    with strategy.scope():
+        model = build_efficientnetb0(size, n, cfg.teacher_weights, cfg.teacher_dropout)
+    epoch_times["teacher"] = fit.fit_classifier(model, data, cfg, epochs=cfg.teacher_epochs, augment=cfg.augment,
+                                                seed=cfg.seed, stage_dir=out / "stages" / "teacher", strategy=strategy)
+    return model
+
+
+def ensemble(members, size: int) -> keras.Model:
+    """Average the logits of several teachers (each resized to its own input size if needed)."""
+    inp = keras.Input((size, size, 1), name="pixels")
+    outs = []
+    for i, m in enumerate(members):
+        m = keras.Model(m.inputs[0], m.outputs[0], name=f"member{i}")  # members may share a name
+        s = m.input_shape[1]
+        x = inp if s == size else keras.layers.Resizing(s, s, interpolation="bilinear")(inp)
+        outs.append(m(x))
+    return keras.Model(inp, keras.layers.Average(name="mean_logits")(outs), name="teacher_ensemble")
+
+
+def soft_targets(cfg: Config, teacher, x_train: np.ndarray, out: Path, teacher_files: list[Path]) -> np.ndarray:
+    """The teacher's logits on the training images (flip-averaged with --tta), computed once and cached in the run
+    folder, keyed by which teacher file(s) produced them so another --teacher never reuses stale logits."""
+    tag = hashlib.sha256("|".join(f"{p.resolve()}:{p.stat().st_mtime_ns}" for p in teacher_files).encode())
+    cache = out / f"teacher_logits_{'tta' if cfg.tta else 'plain'}_{tag.hexdigest()[:10]}.npy"
+    if cache.is_file():
+        logits = np.load(cache)
+        if len(logits) == len(x_train):
+            return logits
+    logits = fit.predict_logits(teacher, x_train, tta=cfg.tta)
+    with atomic_path(cache) as tmp:
+        np.save(tmp, logits)
+    return logits
