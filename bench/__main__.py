@@ -11,6 +11,8 @@ and <run>/bench/results.md (the model card takes its speed table from there).
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import platform
 import subprocess
@@ -62,6 +64,12 @@ def main(argv=None) -> int:
     manifests = {src: json.loads((src / "manifest.json").read_text()) for _, src, _ in todo}
     split = json.loads((run / "split.json").read_text())
     image = split["test"][0]
+    out = Path(a.out) if a.out else run / "bench"
+    # The device scores labelled scans, not a training run's files: the test split as path,label rows.
+    labels_csv = out / "test_labels.csv"
+    rows = io.StringIO()
+    csv.writer(rows).writerows((p, Path(p).parent.name) for p in split["test"])
+    atomic_write_bytes(labels_csv, rows.getvalue().encode())
     rows = []
     for runtime, python in RUNTIMES:
         if not python.exists():
@@ -73,7 +81,7 @@ def main(argv=None) -> int:
                 continue
             proc = subprocess.run([str(python), "-m", "device.bench", "--model", str(model), "--runtime", runtime,
                                    "--threads", str(a.threads), "--runs", str(a.runs), "--json",
-                                   "--eval", str(run / "split.json")], capture_output=True, text=True, cwd=ROOT)
+                                   "--eval", str(labels_csv)], capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
                 print(f"FAILED {runtime} {v}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)
                 continue
@@ -98,8 +106,6 @@ def main(argv=None) -> int:
               "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "arch": platform.machine()},
               "threads": a.threads, "runs": a.runs, "kd_gain_test_accuracy": manifests[run].get("kd_gain_test_accuracy"),
               "rows": rows}
-    out = Path(a.out) if a.out else run / "bench"
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", result)
     md = to_markdown(result)
     atomic_write_bytes(out / "results.md", md.encode())

@@ -18,7 +18,7 @@ from convert import calibration
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metadata import ModelError, read_metadata
 from device.metrics import softmax, summarize
-from device.runtime import Classifier
+from device.runtime import Classifier, ClassifierOptions
 from train.config import RUN_DIR
 
 
@@ -34,7 +34,7 @@ def evaluate(run_dir, model_name="student_int8", float_name="student", max_drop=
     overlap = calib & set(test_paths)
     if overlap:
         raise ModelError(f"{len(overlap)} calibration images are in the evaluation split")
-    clf = Classifier(run_dir / f"{model_name}.tflite", runtime=runtime)
+    clf = Classifier(run_dir / f"{model_name}.tflite", ClassifierOptions(runtime=runtime))
     x = calibration.load(test_paths, clf.size)
     labels = np.array([classes.index(Path(p).parent.name) for p in test_paths])
     keras_model = keras.models.load_model(run_dir / f"{float_name}.keras")

@@ -1,5 +1,3 @@
-import sys
+from device.classify import run
 
-from device.classify import main
-
-sys.exit(main())
+run()

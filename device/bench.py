@@ -1,12 +1,15 @@
 """Latency / load-time / memory benchmark of one model on this board's runtime.
 
     python -m device.bench --model M [--runs 200] [--warmup 20] [--threads 1] [--runtime auto]
-                           [--eval RUN/split.json]   # also accuracy / macro-F1 on its test split
+                           [--eval LABELS]   # also accuracy / macro-F1 / ECE on labelled scans
+
+LABELS: a folder with one sub-folder per class (named as the model's labels), or a CSV file of `path,label` rows.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -34,10 +37,10 @@ def cpu_name() -> str:
 
 
 def bench(model, runtime="auto", threads=1, runs=200, warmup=20, verify=True) -> dict:
-    from device.runtime import Classifier
+    from device.runtime import Classifier, ClassifierOptions
 
     t0 = time.perf_counter()
-    clf = Classifier(model, runtime=runtime, threads=threads, verify=verify)
+    clf = Classifier(model, ClassifierOptions(runtime=runtime, threads=threads), verify=verify)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (clf.size, clf.size), dtype=np.uint8)
@@ -56,19 +59,35 @@ def bench(model, runtime="auto", threads=1, runs=200, warmup=20, verify=True) ->
             "python": platform.python_version(), "numpy": np.__version__}
 
 
-def evaluate(model, split_json, runtime="auto", threads=1) -> dict:
-    """Accuracy / macro-F1 / ECE of a .tflite on the test split listed in a run's split.json."""
+def labelled(source) -> list[tuple[str, str]]:
+    """(path, label) pairs from a class-per-folder tree or a `path,label` CSV file."""
+    import csv
     from pathlib import Path
 
-    from device.metrics import summarize
-    from device.runtime import Classifier
+    from device.classify import expand
 
-    split = json.loads(Path(split_json).read_text())
-    classes = split["classes"]
-    clf = Classifier(model, runtime=runtime, threads=threads)
-    labels = np.array([classes.index(Path(p).parent.name) for p in split["test"]])
-    probs = np.stack([clf.predict_file(p) for p in split["test"]])
-    r = summarize(labels, probs, classes)
+    src = Path(source)
+    if src.is_dir():
+        return [(str(p), p.relative_to(src).parts[0]) for p, problem in expand([src]) if problem is None
+                and len(p.relative_to(src).parts) > 1]
+    with open(src, newline="") as fh:
+        return [(row[0], row[1]) for row in csv.reader(fh) if len(row) >= 2 and row[0] != "path"]
+
+
+def evaluate(model, source, runtime="auto", threads=1) -> dict:
+    """Accuracy / macro-F1 / ECE of a .tflite on labelled scans (see LABELS above)."""
+    from device.metrics import summarize
+    from device.runtime import Classifier, ClassifierOptions
+
+    clf = Classifier(model, ClassifierOptions(runtime=runtime, threads=threads))
+    items = labelled(source)
+    unknown = sorted({lab for _, lab in items} - set(clf.labels))
+    if not items or unknown:
+        raise ModelError(f"--eval {source}: " + (f"labels {unknown} are not the model's {clf.labels}" if unknown
+                                                  else "no labelled images found"))
+    labels = np.array([clf.labels.index(lab) for _, lab in items])
+    probs = np.stack([clf.predict_file(p) for p, _ in items])
+    r = summarize(labels, probs, clf.labels)
     return {k: r[k] for k in ("n", "accuracy", "macro_f1", "ece")}
 
 
@@ -80,13 +99,21 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--eval", metavar="SPLIT_JSON", help="also evaluate on the test split of a run's split.json")
+    p.add_argument("--eval", metavar="LABELS", help="also evaluate on labelled scans: a class-per-folder tree or "
+                                                   "a path,label CSV")
     a = p.parse_args(argv)
+    bad = [f"--{n} {v}: want >= {lo}" for n, v, lo in (("runs", a.runs, 1), ("warmup", a.warmup, 0),
+                                                       ("threads", a.threads, 1)) if v < lo]
+    if a.eval and not os.path.exists(a.eval):
+        bad.append(f"--eval {a.eval}: no such file or folder")
+    if bad:
+        print(f"error: {bad[0]}", file=sys.stderr)
+        return 2
     try:
         r = bench(a.model, a.runtime, a.threads, a.runs, a.warmup)
         if a.eval:
             r["eval"] = evaluate(a.model, a.eval, a.runtime, a.threads)
-    except ModelError as e:
+    except (ModelError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if a.json:

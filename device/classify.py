@@ -1,8 +1,13 @@
 """Classify brain-MRI slices on the board.  NOT a medical device: research and education only.
 
-    python -m device.classify scan.jpg [more.jpg folder/ ...] [--json | --csv]
+    python -m device.classify scan.jpg [scan.dcm folder/ ...] [--json | --csv]
 
-Exit codes: 0 all images classified, 1 some images failed, 2 usage or model error.
+Images (.jpg .png .bmp .tif .gif .webp) and DICOM files (.dcm, or any file with the DICM preamble); folders are
+searched recursively, symbolic links to folders are followed once. Every input that cannot be classified gets one
+line saying why, and the others still run.
+
+Exit codes: 0 all inputs classified, 1 some inputs failed, 2 usage or model error, 3 internal error (a bug:
+please report it with --verbose output).
 """
 from __future__ import annotations
 
@@ -10,38 +15,92 @@ import argparse
 import csv
 import json
 import os
+import stat
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 from device.metadata import ModelError
-from device.preprocess import ImageError, is_image_path
+from device.metrics import ranked
+from device.preprocess import ImageError, is_dicom_file, is_image_path
 
-PACKAGE_MODEL = Path(__file__).resolve().parent / "models" / "student_int8.tflite"
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+IMAGE_KINDS = ".jpg/.jpeg/.png/.bmp/.tif/.gif/.webp/.dcm or DICOM"
 
 
-def default_model() -> Path | None:
-    """The model shipped in the package, else the newest int8 student under ./artifacts."""
-    if PACKAGE_MODEL.is_file():
-        return PACKAGE_MODEL
-    found = sorted(Path("artifacts").glob("*/student_int8.tflite"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+def shown(path) -> str:
+    """A path printable on any terminal: bytes that are not UTF-8 appear as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _walk(folder: Path, ancestors: frozenset, top: bool):
+    """Yield (path, problem-or-None) for every candidate file under folder, and a problem for everything skipped.
+    A link to a folder is followed, unless it leads back into the folders being walked (a loop)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except PermissionError:
+        yield folder, "permission denied (folder cannot be read)"
+        return
+    except OSError as e:
+        yield folder, f"folder cannot be read ({e.strerror or e})"
+        return
+    found = False
+    for e in entries:
+        p = Path(e.path)
+        try:
+            st = os.stat(p)  # follows links
+        except FileNotFoundError:
+            if e.is_symlink():
+                yield p, "broken symbolic link"
+            continue
+        except OSError as err:
+            yield p, ("symbolic link loop" if err.errno == 40 else f"cannot be read ({err.strerror or err})")
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in ancestors:
+                yield p, "symbolic link loop (leads back to a folder being searched)"
+                continue
+            for item in _walk(p, ancestors | {(st.st_dev, st.st_ino)}, False):
+                found = True
+                yield item
+        elif stat.S_ISREG(st.st_mode):
+            if is_image_path(e.name) or ("." not in e.name and is_dicom_file(p)):
+                found = True
+                yield p, None
+        elif is_image_path(e.name):
+            yield p, f"{_kind(st.st_mode)}, not an image file"
+    if top and not found:
+        yield folder, f"folder contains no images ({IMAGE_KINDS})"
 
 
 def expand(paths):
-    """Yield (path, error-or-None): files as given, folders recursively (image extensions only)."""
+    """Yield (path, problem-or-None): files as given, folders recursively, and a line for everything skipped."""
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f.name))
-            if not files:
-                yield p, "folder contains no images (.jpg/.jpeg/.png/.bmp/.tif/.gif/.webp)"
-            for f in files:
-                yield f, None
-        elif p.exists():
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            yield p, ("broken symbolic link" if p.is_symlink() else "no such file or folder")
+            continue
+        except OSError as e:
+            yield p, ("symbolic link loop" if e.errno == 40 else f"cannot be read ({e.strerror or e})")
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(p, frozenset({(st.st_dev, st.st_ino)}), True)
+        elif stat.S_ISREG(st.st_mode):
             yield p, None
-        else:
-            yield p, "no such file or folder"
+        else:  # never open() a FIFO or a device: it can block forever
+            yield p, f"{_kind(st.st_mode)}, not an image file"
 
 
 class UsageError(Exception):
@@ -55,84 +114,113 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser():
     p = Parser(prog="python -m device.classify", description=__doc__.splitlines()[0])
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
-    p.add_argument("--model", help="a .tflite with its .json sidecar (default: the shipped model)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image or DICOM files and/or folders")
+    p.add_argument("--model", help="a .tflite with its .json sidecar (default: the model in device/models/)")
     p.add_argument("--top-k", type=int, default=1, help="labels to show per image (human output)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object per line")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: runtime's choice)")
+    p.add_argument("--threads", type=int, default=None, help="interpreter threads, >= 1 (default: runtime's choice)")
     p.add_argument("--runtime", default="auto", choices=["auto", "tflite-runtime", "litert"])
     p.add_argument("--min-confidence", type=float, default=0.0,
                    help="below this top probability the answer is 'uncertain' (0..1)")
+    p.add_argument("--verbose", action="store_true", help="show library warnings and, on a crash, the traceback")
     return p
 
 
 def main(argv=None) -> int:
-    try:
-        a = build_parser().parse_args(argv)
-        if a.top_k < 1:
-            raise UsageError("--top-k must be >= 1")
-        if not 0.0 <= a.min_confidence <= 1.0:
-            raise UsageError("--min-confidence must be between 0 and 1")
-    except UsageError as e:
-        print(f"error: {e} (see --help)", file=sys.stderr)
-        return 2
-    model = Path(a.model) if a.model else default_model()
-    if model is None:
-        print("error: no model given and none shipped in device/models/ or found in artifacts/", file=sys.stderr)
-        return 2
-    from device.runtime import Classifier  # after argument checks: --help stays instant
+    from device.runtime import ClassifierOptions  # light: no interpreter is imported yet
 
     try:
-        clf = Classifier(model, runtime=a.runtime, threads=a.threads)
+        a = build_parser().parse_args(argv)
+        options = ClassifierOptions(runtime=a.runtime, threads=a.threads, top_k=a.top_k,
+                                    min_confidence=a.min_confidence)
+        options.validate()
+    except (UsageError, ValueError) as e:
+        print(f"error: {str(e).replace('top_k', '--top-k').replace('min_confidence', '--min-confidence')} "
+              f"(see --help)", file=sys.stderr)
+        return EXIT_USAGE
+    if not a.verbose:
+        warnings.simplefilter("ignore")
+    try:
+        return classify_all(a, options)
+    except Exception as e:  # a bug, not bad input: say so distinctly
+        print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(exit 3; re-run with --verbose for the traceback)", file=sys.stderr)
+        if a.verbose:
+            traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+def classify_all(a, options) -> int:
+    from device.runtime import Classifier
+
+    try:
+        clf = Classifier(a.model, options, quiet=not a.verbose)
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    for note in clf.notes:
+        print(f"note: {note}", file=sys.stderr)
     writer = None
     if a.csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "label", "probability", *clf.labels, "latency_ms", "error"])
-    n_ok = n_bad = n_files = 0
+        writer.writerow(["path", "label", "probability", *clf.labels, "latency_ms", "note", "error"])
+    n_ok = n_bad = attempted = crashed = 0
     for path, problem in expand(a.paths):
         t0 = time.perf_counter()
-        n_files += problem is None
+        notes = []
+        attempted += problem is None
         if problem is None:
             try:
-                probs = clf.predict_file(path)
+                probs, notes = clf.predict_scan(path)
             except ImageError as e:
                 problem = str(e)
+            except MemoryError:
+                problem = "not enough memory to classify this image"
+            except Exception as e:  # a bug: this file's record says so, the batch goes on, the exit code is 3
+                crashed += 1
+                problem = f"internal error: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+                if a.verbose:
+                    traceback.print_exc()
         ms = (time.perf_counter() - t0) * 1000
         if problem is not None:
             n_bad += 1
             if a.json:
                 print(json.dumps({"path": str(path), "error": problem}), flush=True)
             elif writer:
-                writer.writerow([str(path), "", "", *[""] * len(clf.labels), "", problem])
+                writer.writerow([shown(path), "", "", *[""] * len(clf.labels), "", "", problem])
             else:
-                print(f"{path}: error: {problem}", file=sys.stderr, flush=True)
+                print(f"{shown(path)}: error: {problem}", file=sys.stderr, flush=True)
             continue
         n_ok += 1
-        order = probs.argsort()[::-1]
+        order = ranked(probs)
         top = int(order[0])
-        label = clf.labels[top] if probs[top] >= a.min_confidence else "uncertain"
+        label = clf.labels[top] if probs[top] >= options.min_confidence else "uncertain"
         if a.json:
-            print(json.dumps({"path": str(path), "label": label, "probability": round(float(probs[top]), 4),
-                              "probabilities": {c: round(float(v), 4) for c, v in zip(clf.labels, probs)},
-                              "latency_ms": round(ms, 2)}), flush=True)
+            record = {"path": str(path), "label": label, "probability": round(float(probs[top]), 4),
+                      "probabilities": {c: round(float(v), 4) for c, v in zip(clf.labels, probs)},
+                      "latency_ms": round(ms, 2)}
+            print(json.dumps(record | ({"note": "; ".join(notes)} if notes else {})), flush=True)
         elif writer:
-            writer.writerow([str(path), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs], f"{ms:.2f}", ""])
+            writer.writerow([shown(path), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs], f"{ms:.2f}",
+                             "; ".join(notes), ""])
         else:
-            shown = ", ".join(f"{clf.labels[i]} {probs[i]:.1%}" for i in order[: a.top_k])
-            print(f"{path}: {label}  ({shown})  {ms:.1f} ms", flush=True)
-    if n_files == 0:  # nothing but missing paths / empty folders: a usage error
-        return 2
+            top_k = ", ".join(f"{clf.labels[i]} {probs[i]:.1%}" for i in order[: options.top_k])
+            note = f"  [{'; '.join(notes)}]" if notes else ""
+            print(f"{shown(path)}: {label}  ({top_k})  {ms:.1f} ms{note}", flush=True)
+    if attempted == 0:  # nothing but missing paths, empty folders or non-files: a usage error
+        return EXIT_USAGE
     if n_bad and not (a.json or a.csv):
-        print(f"{n_bad} of {n_ok + n_bad} images failed", file=sys.stderr)
-    return 1 if n_bad else 0
+        print(f"{n_bad} of {n_ok + n_bad} inputs failed", file=sys.stderr)
+    if crashed:
+        print(f"internal error on {crashed} input(s): exit 3 (please report it, with --verbose output)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_SOME_FAILED if n_bad else EXIT_OK
 
 
-if __name__ == "__main__":
+def run() -> None:
     try:
         code = main()
     except KeyboardInterrupt:
@@ -141,3 +229,7 @@ if __name__ == "__main__":
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()

@@ -52,6 +52,41 @@ def make_metadata(*, model_path, labels, input_size, input_dtype, input_quant, o
     return meta
 
 
+def _fail(side, field, want, got) -> ModelError:
+    return ModelError(f"metadata {side}: '{field}' must be {want} (found {json.dumps(got)[:60]})")
+
+
+def validate(meta, side) -> None:
+    """Every field the device relies on, its type and range, checked in one place; ModelError names the field."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"metadata {side} is not in format {FORMAT}")
+    for key in ("sha256", "labels", "input", "output", "preprocess"):
+        if key not in meta:
+            raise ModelError(f"metadata {side} lacks '{key}'")
+    sha = meta["sha256"]
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise _fail(side, "sha256", "64 lower-case hex digits", sha)
+    labels = meta["labels"]
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)
+            and len(set(labels)) == len(labels)):
+        raise _fail(side, "labels", "a list of at least 2 distinct non-empty names", labels)
+    for part in ("input", "output", "preprocess"):
+        if not isinstance(meta[part], dict):
+            raise _fail(side, part, "an object", meta[part])
+    size = meta["input"].get("size")
+    if not (type(size) is int and 8 <= size <= 4096):
+        raise _fail(side, "input.size", "an integer from 8 to 4096", size)
+    for part in ("input", "output"):
+        if meta[part].get("dtype") not in ("uint8", "int8", "float32", "float16"):
+            raise _fail(side, f"{part}.dtype", "uint8, int8, float32 or float16", meta[part].get("dtype"))
+        q = meta[part].get("quantization")
+        if not (isinstance(q, list) and len(q) == 2 and type(q[0]) in (int, float) and type(q[1]) is int):
+            raise _fail(side, f"{part}.quantization", "[scale, zero_point]", q)
+    cv = meta["preprocess"].get("contract_version")
+    if type(cv) is not int:
+        raise _fail(side, "preprocess.contract_version", "an integer", cv)
+
+
 def read_metadata(model_path) -> dict:
     """Load and validate the sidecar of `model_path`; raise ModelError with a clear reason."""
     model_path = Path(model_path)
@@ -64,20 +99,16 @@ def read_metadata(model_path) -> dict:
         meta = json.loads(side.read_text())
     except (OSError, ValueError) as e:
         raise ModelError(f"metadata {side} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"metadata {side} is not in format {FORMAT}")
-    for key in ("sha256", "labels", "input", "output", "preprocess"):
-        if key not in meta:
-            raise ModelError(f"metadata {side} lacks '{key}'")
+    validate(meta, side)
     actual = sha256_file(model_path)
     if actual != meta["sha256"]:
         raise ModelError(
             f"model {model_path.name} does not match its metadata (sha256 {actual[:12]}... "
-            f"!= {meta['sha256'][:12]}...): the file was changed or corrupted; re-run the convert stage"
+            f"!= {meta['sha256'][:12]}...): the file was changed or corrupted; copy the .tflite and its .json "
+            f"again, as a pair, from the same release"
         )
-    cv = meta["preprocess"].get("contract_version")
+    cv = meta["preprocess"]["contract_version"]
     if cv != CONTRACT_VERSION:
-        raise ModelError(
-            f"model was built for preprocessing contract v{cv}, this device code implements v{CONTRACT_VERSION}"
-        )
+        raise ModelError(f"model was built for preprocessing contract v{cv}, this device code implements "
+                         f"v{CONTRACT_VERSION}: use a device package from the model's release")
     return meta

@@ -10,11 +10,17 @@ def confusion(labels, pred, n: int) -> np.ndarray:
     return m
 
 
+def ranked(probs) -> np.ndarray:
+    """Class indices, most probable first. The one tie rule of the project: a tie goes to the lower index, which
+    is what argmax (and so every accuracy figure) picks."""
+    return np.argsort(-np.asarray(probs), kind="stable")
+
+
 def summarize(labels, probs, classes) -> dict:
     """accuracy, macro-F1, per-class recall/precision, confusion matrix, ECE."""
     labels = np.asarray(labels)
     probs = np.asarray(probs, np.float64)
-    pred = probs.argmax(1)
+    pred = probs.argmax(1)  # ties: the lower index, as ranked()
     n = len(classes)
     cm = confusion(labels, pred, n)
     tp = np.diag(cm).astype(float)

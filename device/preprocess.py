@@ -2,23 +2,41 @@
 
 Training (train.data) and the board (device.classify) both call `load_image`, so
 the pixels the student learns from are the pixels the int8 model is fed.
-Bump CONTRACT_VERSION whenever the output of `load_image` can change: caches and
-model metadata carry it, and the device refuses a model built for another one.
+Bump CONTRACT_VERSION whenever the output of `load_image` can change for an
+ordinary image: caches and model metadata carry it, and the device refuses a
+model built for another one.
+
+Memory is bounded by the pixel-count check, never by what a header claims: no
+buffer grows with max(width, height)^2, and wide 16-bit or transparent images
+are converted a band of rows at a time.
 """
 from __future__ import annotations
 
+import math
+import struct
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 CONTRACT_VERSION = 1
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
 # Fixed filter: the resampling filter changes pixels, so it is part of the contract.
 RESAMPLE = Image.Resampling.BILINEAR
 # A scan is at most a few thousand pixels across; anything larger is refused
 # before decoding so a hostile or broken file cannot eat the board's memory.
 MAX_PIXELS = 40_000_000
+# Up to this side an image is padded to a square at full resolution, then resized (the contract's exact
+# pixels). A longer side (a strip claiming 62,298 px, say) is first reduced by an integer box filter to at most
+# this side, so the square canvas never exceeds ORDINARY_SIDE^2 bytes (16 MB).
+ORDINARY_SIDE = 4096
+BAND_PIXELS = 1 << 20  # rows converted at a time for 16-bit and transparent images
+DICOM_MAGIC_OFFSET = 128
+
+# Pillow's own bomb guard would answer before ours (with its own wording) above 2 x its limit: ours decides.
+Image.MAX_IMAGE_PIXELS = None
+# Warnings about odd files (EXIF, palette transparency) once per run, not once per file.
+warnings.filterwarnings("once", module="PIL")
 
 
 class ImageError(ValueError):
@@ -29,47 +47,155 @@ def is_image_path(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def is_dicom_file(path) -> bool:
+    """A DICOM Part 10 file: 'DICM' after the 128-byte preamble (whatever its name)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _bands(img: Image.Image):
+    """(top, bottom) row ranges of about BAND_PIXELS pixels each."""
+    w, h = img.size
+    step = max(1, BAND_PIXELS // max(w, 1))
+    for top in range(0, h, step):
+        yield top, min(h, top + step)
+
+
 def _to_grayscale(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / 32-bit scans: stretch the used range to 8 bits instead of clipping.
-        a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(np.round(a).astype(np.uint8), mode="L")
+        # 16-bit / 32-bit scans: stretch the used range to 8 bits instead of clipping (float64, band by band).
+        lo, hi = (float(v) for v in img.getextrema())
+        out = Image.new("L", img.size, 0)
+        if hi > lo:
+            for top, bottom in _bands(img):
+                a = np.asarray(img.crop((0, top, img.width, bottom)), dtype=np.float64)
+                band = np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+                out.paste(Image.fromarray(band, mode="L"), (0, top))
+        return out
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # MRI background is black: composite transparency onto black.
-        rgba = img.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(black, rgba)
+        # MRI background is black: composite transparency onto black, band by band.
+        out = Image.new("L", img.size, 0)
+        for top, bottom in _bands(img):
+            rgba = img.crop((0, top, img.width, bottom)).convert("RGBA")
+            black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            out.paste(Image.alpha_composite(black, rgba).convert("L"), (0, top))
+        return out
     return img.convert("L")
 
 
-def load_image(path, size: int) -> np.ndarray:
-    """Decode `path` into a (size, size) uint8 grayscale array.
+def _check_size(w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"image too large ({w}x{h} = {w * h:,} pixels > {MAX_PIXELS:,} limit)")
 
-    Steps, in order: first frame only; EXIF orientation applied; grayscale
-    (RGB-encoded grayscale collapses to the same values); padded with black to a
-    square (keeps anatomy proportions); resized with RESAMPLE.
-    Raises ImageError with a one-line reason for anything unusable.
-    """
+
+def _decode_picture(path) -> Image.Image:
+    with open(path, "rb") as fh:
+        if not fh.read(1):
+            raise ImageError("empty file (0 bytes)")
+        fh.seek(0)
+        img = Image.open(fh)
+        _check_size(*img.size)
+        img.seek(0)
+        w, h = img.size
+        if img.format == "JPEG" and max(w, h) > ORDINARY_SIDE:
+            # decode at a DCT-reduced scale: the full-size decode would be thrown away anyway
+            img.draft("L", (math.ceil(w * ORDINARY_SIDE / max(w, h)), math.ceil(h * ORDINARY_SIDE / max(w, h))))
+        img.load()
+    ImageOps.exif_transpose(img, in_place=True)  # in place: a copy would double the peak memory
+    return _to_grayscale(img)
+
+
+def _frame_notes(n_frames: int, index: int) -> list[str]:
+    return [f"multi-frame DICOM: frame {index + 1} of {n_frames} (the middle one) classified"] if n_frames > 1 else []
+
+
+def _decode_dicom(path) -> tuple[Image.Image, list[str]]:
+    """A DICOM slice as 8-bit grayscale: modality rescale, the file's window (else a robust 0.5-99.5 percentile
+    window), MONOCHROME1 inverted; the middle frame of a multi-frame file."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(1)
-            if not head:
-                raise ImageError("empty file (0 bytes)")
-            fh.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(fh)
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(
-                        f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {MAX_PIXELS / 1e6:.0f} MP limit)"
-                    )
-                img.seek(0)
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                img = _to_grayscale(img)
+        import pydicom  # noqa: F401
+    except ImportError:
+        raise ImageError("DICOM file, but pydicom is not installed (pip install -r device/requirements.txt)") from None
+    try:
+        return _dicom_pixels(path)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as e:  # pydicom parses lazily and raises many types on malformed files
+        raise ImageError(f"unreadable DICOM ({(str(e).splitlines() or [''])[0][:120] or type(e).__name__})") from None
+
+
+def _first(value) -> float:
+    return float(value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value)
+
+
+def _dicom_pixels(path) -> tuple[Image.Image, list[str]]:
+    import pydicom
+    from pydicom.pixels import pixel_array
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        raise ImageError(f"compressed DICOM ({syntax.name}) needs a codec this package does not ship; "
+                         f"export it uncompressed (e.g. dcmdjpeg / gdcmconv --raw)")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows < 1 or cols < 1:
+        raise ImageError("DICOM file without an image (no rows / columns)")
+    _check_size(cols, rows)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames < 1 or frames * rows * cols > 4 * MAX_PIXELS:
+        raise ImageError(f"DICOM with {frames} frames of {cols}x{rows} is beyond this device's limits")
+    index = frames // 2
+    arr = pixel_array(path, index=index if frames > 1 else None)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour secondary capture
+        return _to_grayscale(Image.fromarray(arr[..., :3].astype(np.uint8), "RGB")), _frame_notes(frames, index)
+    if arr.ndim != 2:
+        raise ImageError(f"DICOM pixel data of shape {arr.shape} is not a 2-D slice")
+    x = arr.astype(np.float32) * _first(ds.get("RescaleSlope", 1) or 1) + _first(ds.get("RescaleIntercept", 0) or 0)
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is not None and width is not None:
+        c, w = _first(center), max(_first(width), 1.0)
+        lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+    else:
+        lo, hi = (float(v) for v in np.percentile(x, [0.5, 99.5]))
+    x = np.zeros_like(x) if not hi > lo else np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    gray = np.round(np.nan_to_num(x)).astype(np.uint8)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        gray = 255 - gray  # MONOCHROME1: low values are white
+    return Image.fromarray(gray, mode="L"), _frame_notes(frames, index)
+
+
+def to_model_input(img: Image.Image, size: int) -> np.ndarray:
+    """A grayscale image padded with black to a square and resized: the contract's last two steps."""
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageError("image has no pixels")
+    if max(w, h) > ORDINARY_SIDE:
+        factor = math.ceil(max(w, h) / ORDINARY_SIDE)
+        img = img.reduce(factor)
+        w, h = img.size
+    side = max(w, h)
+    if w != h:
+        square = Image.new("L", (side, side), 0)
+        square.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = square
+    if side != size:
+        img = img.resize((size, size), RESAMPLE)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def load_scan(path, size: int) -> tuple[np.ndarray, list[str]]:
+    """load_image, plus notes on what was chosen for the caller to show (e.g. which frame of a DICOM series)."""
+    notes: list[str] = []
+    try:
+        if str(path).lower().endswith((".dcm", ".dicom")) or is_dicom_file(path):
+            img, notes = _decode_dicom(path)
+        else:
+            img = _decode_picture(path)
+        return to_model_input(img, size), notes
     except ImageError:
         raise
     except FileNotFoundError:
@@ -80,20 +206,19 @@ def load_image(path, size: int) -> np.ndarray:
         raise ImageError("permission denied") from None
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised format)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        # PIL reports truncated / corrupt data as OSError ("image file is truncated").
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError) as e:
+        # PIL reports truncated / corrupt data as OSError ("image file is truncated") and worse.
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageError(f"corrupt or truncated image ({why})") from None
-    w, h = img.size
-    if w < 1 or h < 1:
-        raise ImageError("image has no pixels")
-    side = max(w, h)
-    if w != h:
-        square = Image.new("L", (side, side), 0)
-        square.paste(img, ((side - w) // 2, (side - h) // 2))
-        img = square
-    if side != size:
-        img = img.resize((size, size), RESAMPLE)
-    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def load_image(path, size: int) -> np.ndarray:
+    """Decode `path` into a (size, size) uint8 grayscale array.
+
+    Steps, in order: first frame only (DICOM: the middle frame, windowed to 8 bits); EXIF orientation applied;
+    grayscale (RGB-encoded grayscale collapses to the same values); padded with black to a square (keeps anatomy
+    proportions); resized with RESAMPLE. Raises ImageError with a one-line reason for anything unusable.
+    """
+    return load_scan(path, size)[0]

@@ -1,27 +1,80 @@
-"""Interpreter loading and the one inference path the board runs.
+"""The Python API for apps on the board, and the one inference path the CLI, the bench and the parity gate run.
 
-tflite-runtime first (Pi OS Bookworm, 32-bit Pi OS), LiteRT (`ai-edge-litert`)
-when it is missing (Python >= 3.12, e.g. Pi OS Trixie). Never TensorFlow.
+    from device.runtime import Classifier, ClassifierOptions
+    clf = Classifier(options=ClassifierOptions(top_k=2, min_confidence=0.8))   # the shipped model
+    for p in clf.classify("scan.dcm"):                                          # a path, or a 2-D uint8 array
+        print(p.label, p.probability)
+
+tflite-runtime first (Pi OS Bookworm, 32-bit Pi OS), LiteRT (`ai-edge-litert`) when it is missing or cannot run
+(Python >= 3.12, e.g. Pi OS Trixie; or numpy 2 beside tflite-runtime). Never TensorFlow.
 """
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from device import flatbuffer
 from device.metadata import ModelError, read_metadata
-from device.preprocess import load_image
+from device.metrics import ranked
+from device.preprocess import ImageError, load_scan, to_model_input
 
 RUNTIMES = {
     "tflite-runtime": "tflite_runtime.interpreter",
     "litert": "ai_edge_litert.interpreter",
 }
+PACKAGE_MODEL = Path(__file__).resolve().parent / "models" / "student_int8.tflite"
 
 
 class RuntimeMissing(ModelError):
     pass
+
+
+@dataclass
+class ClassifierOptions:
+    runtime: str = "auto"           # auto | tflite-runtime | litert
+    threads: int | None = None      # interpreter threads; None = the runtime's choice
+    top_k: int = 1                  # predictions returned by classify()
+    min_confidence: float = 0.0     # below this probability a class is not returned (none at all: "uncertain")
+
+    def validate(self) -> None:
+        if self.runtime not in ("auto", *RUNTIMES):
+            raise ValueError(f"runtime must be auto, {' or '.join(RUNTIMES)} (got {self.runtime!r})")
+        if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
+            raise ValueError(f"threads must be an integer >= 1 (got {self.threads!r})")
+        if type(self.top_k) is not int or self.top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1 (got {self.top_k!r})")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be between 0 and 1 (got {self.min_confidence!r})")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+
+
+def _numpy_abi_error(e: BaseException) -> bool:
+    """tflite-runtime 2.14 is built against numpy 1.x: under numpy 2 its extension fails as it starts, as a
+    SystemError whose cause is 'AttributeError: _ARRAY_API not found' (or as an ImportError naming numpy)."""
+    chain, seen = [], e
+    while seen is not None and len(chain) < 5:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(x) for x in chain)
+    return "_ARRAY_API" in text or "numpy.core.multiarray" in text or "compiled using NumPy 1" in text
+
+
+def _numpy_fix(name: str) -> str:
+    return (f'{name} was built against numpy 1.x and cannot run with numpy {np.__version__}: '
+            f'pip install "numpy<2" (or use LiteRT: pip install ai-edge-litert)')
 
 
 def _import_runtime(name: str):
@@ -29,55 +82,73 @@ def _import_runtime(name: str):
     try:
         return importlib.import_module(module).Interpreter
     except ImportError as e:
-        text = str(e)
-        if "numpy" in text.lower() or "_ARRAY_API" in text or "multiarray" in text:
-            import numpy
-
-            raise RuntimeMissing(
-                f"{name} failed to import with numpy {numpy.__version__}: it was built against "
-                f'numpy 1.x and cannot load with numpy 2; fix: pip install "numpy<2"'
-            ) from None
-        raise RuntimeMissing(f"{name} is not installed ({module}: {text})") from None
-    except AttributeError as e:  # numpy 2 ABI mismatch can also surface this way
-        raise RuntimeMissing(
-            f'{name} failed to import ({e}); if numpy >= 2 is installed: pip install "numpy<2"'
-        ) from None
+        if _numpy_abi_error(e):
+            raise RuntimeMissing(_numpy_fix(name)) from None
+        raise RuntimeMissing(f"{name} is not installed ({module}: {e})") from None
+    except AttributeError as e:
+        raise RuntimeMissing(_numpy_fix(name) if _numpy_abi_error(e) else f"{name} failed to import ({e})") from None
 
 
-def load_interpreter_class(runtime: str = "auto"):
-    """Return (name, Interpreter class)."""
-    if runtime != "auto":
-        if runtime not in RUNTIMES:
-            raise RuntimeMissing(f"unknown runtime '{runtime}' (choose: auto, {', '.join(RUNTIMES)})")
-        return runtime, _import_runtime(runtime)
-    errors = []
-    for name in RUNTIMES:
+@contextmanager
+def _quiet_stderr(enabled: bool = True):
+    """Silence what the interpreter's C++ side (XNNPACK's 'Created TensorFlow Lite XNNPACK delegate', numpy's
+    ABI banner) writes straight to file descriptor 2; errors still arrive as Python exceptions."""
+    try:
+        fd = sys.stderr.fileno() if enabled else None
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _probe_in_child(Interpreter, path: Path, threads) -> None:
+    """tflite-runtime does not verify a model: run one inference on zeros in a forked child first, so a model
+    that crashes the interpreter costs a one-line error instead of the process (and the batch)."""
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: no output, no Python cleanup
         try:
-            return name, _import_runtime(name)
-        except RuntimeMissing as e:
-            errors.append(str(e))
-    raise RuntimeMissing(
-        "no TFLite interpreter available: " + "; ".join(errors)
-        + ' (install: pip install -r device/requirements.txt)'
-    )
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            it = Interpreter(model_path=str(path), num_threads=threads)
+            it.allocate_tensors()
+            for d in it.get_input_details():
+                it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+            it.invoke()
+        except BaseException:
+            os._exit(1)  # a Python-level error: the parent's own attempt reports it
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise ModelError(f"{path} crashes the interpreter (signal {os.WTERMSIG(status)}): the model file is corrupt")
 
 
 class Classifier:
     """A verified model plus one interpreter, created once and reused for every image."""
 
-    def __init__(self, model_path, runtime: str = "auto", threads: int | None = None,
-                 verify: bool = True):
-        self.model_path = Path(model_path)
+    def __init__(self, model_path=None, options: ClassifierOptions | None = None, *, verify: bool = True,
+                 quiet: bool = True):
+        self.options = options or ClassifierOptions()
+        self.options.validate()
+        self.model_path = Path(model_path) if model_path is not None else PACKAGE_MODEL
         self.meta = read_metadata(self.model_path) if verify else None
+        self.notes: list[str] = []  # what the runtime choice had to say (e.g. a fallback), for the caller to show
         t0 = time.perf_counter()
-        self.runtime, Interpreter = load_interpreter_class(runtime)
-        try:
-            self.interpreter = Interpreter(model_path=str(self.model_path), num_threads=threads)
-            self.interpreter.allocate_tensors()
-        except ValueError as e:
-            raise ModelError(f"{self.model_path} is not a valid TFLite model ({str(e).splitlines()[0]})") from None
-        except RuntimeError as e:
-            raise ModelError(f"{self.model_path} could not be loaded ({str(e).splitlines()[0]})") from None
+        self.interpreter = self._open(quiet)
         self.load_seconds = time.perf_counter() - t0
         inp = self.interpreter.get_input_details()[0]
         out = self.interpreter.get_output_details()[0]
@@ -92,6 +163,64 @@ class Classifier:
             self.labels = list(self.meta["labels"])
         else:
             self.labels = [str(i) for i in range(int(out["shape"][-1]))]
+
+    def _open(self, quiet: bool):
+        """An allocated interpreter from the first runtime that can run this model here."""
+        try:
+            data = self.model_path.read_bytes()
+        except OSError as e:
+            raise ModelError(f"cannot read model {self.model_path} ({e.strerror or e})") from None
+        try:
+            flatbuffer.check(data)
+        except flatbuffer.BadModel as e:
+            raise ModelError(f"{self.model_path} is not a valid TFLite model ({e})") from None
+        wanted = self.options.runtime
+        names = list(RUNTIMES) if wanted == "auto" else [wanted]
+        errors = []
+        for name in names:
+            try:
+                Interpreter = _import_runtime(name)
+                if name == "tflite-runtime":
+                    self._verify_for_tflite_runtime(Interpreter)
+                with _quiet_stderr(quiet):
+                    it = Interpreter(model_path=str(self.model_path), num_threads=self.options.threads)
+                    it.allocate_tensors()
+            except RuntimeMissing as e:
+                errors.append(str(e))
+                continue
+            except ModelError:
+                raise
+            except (SystemError, ImportError, AttributeError) as e:
+                if not _numpy_abi_error(e):
+                    raise
+                errors.append(_numpy_fix(name))
+                continue
+            except (ValueError, RuntimeError) as e:
+                raise ModelError(f"{self.model_path} is not a valid TFLite model "
+                                 f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+            if errors:  # an earlier runtime could not run here: say so once
+                self.notes.append(f"{errors[-1]}; using {name} instead")
+            self.runtime = name
+            return it
+        numpy_abi = [e for e in errors if "numpy 1.x" in e]
+        if numpy_abi or wanted != "auto":
+            raise RuntimeMissing((numpy_abi or errors)[0])
+        raise RuntimeMissing("no TFLite interpreter available: " + "; ".join(errors)
+                             + " (install: pip install -r device/requirements.txt)")
+
+    def _verify_for_tflite_runtime(self, Interpreter) -> None:
+        """LiteRT's verifier where it is installed, else a throwaway run in a child process."""
+        try:
+            verifier = _import_runtime("litert")
+        except RuntimeMissing:
+            _probe_in_child(Interpreter, self.model_path, self.options.threads)
+            return
+        try:
+            with _quiet_stderr():
+                verifier(model_path=str(self.model_path))
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"{self.model_path} is not a valid TFLite model "
+                             f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
 
     def _feed(self, pixels: np.ndarray) -> np.ndarray:
         x = pixels.reshape(1, self.size, self.size, 1)
@@ -117,5 +246,27 @@ class Classifier:
             out = (out.astype(np.float32) - zp) * scale
         return out.astype(np.float32)
 
+    def predict_scan(self, path) -> tuple[np.ndarray, list[str]]:
+        """Probabilities for an image or DICOM file, and notes on what was read (e.g. which frame)."""
+        pixels, notes = load_scan(path, self.size)
+        return self.predict_pixels(pixels), notes
+
     def predict_file(self, path) -> np.ndarray:
-        return self.predict_pixels(load_image(path, self.size))
+        return self.predict_scan(path)[0]
+
+    def probabilities(self, source) -> np.ndarray:
+        """source: a file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame) that goes through
+        the same pad-to-square and resize as a file."""
+        if isinstance(source, (str, os.PathLike)):
+            return self.predict_file(source)
+        a = np.asarray(source)
+        if a.ndim != 2 or a.dtype != np.uint8:
+            raise ImageError(f"an image array must be 2-D uint8 grayscale (got {a.dtype} {a.shape})")
+        return self.predict_pixels(to_model_input(Image.fromarray(a, mode="L"), self.size))
+
+    def classify(self, source) -> list[Prediction]:
+        """Up to options.top_k predictions at or above options.min_confidence, most probable first; an empty
+        list means 'uncertain'. Raises ImageError (one line) for an unusable input."""
+        probs = self.probabilities(source)
+        return [Prediction(self.labels[i], float(probs[i])) for i in ranked(probs)[: self.options.top_k]
+                if probs[i] >= self.options.min_confidence]

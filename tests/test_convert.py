@@ -111,3 +111,14 @@ def test_convert_cli_writes_variants_in_separate_processes(converted):
     bad = subprocess.run([sys.executable, "-m", "convert", "--run", str(run / "nope")], capture_output=True,
                          text=True, cwd=ROOT)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_device_cli_on_litert_prints_no_runtime_chatter(tmp_path):
+    """LiteRT announces its XNNPACK delegate on stderr; the device keeps stderr for real problems."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "x.png")
+    p = subprocess.run([sys.executable, "-m", "device.classify", "--runtime", "litert", "--model",
+                        str(ROOT / "tests" / "fixtures" / "tiny_int8.tflite"), str(tmp_path / "x.png")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0 and p.stderr == "" and "x.png" in p.stdout, p.stderr
