@@ -27,6 +27,8 @@ def teacher_name(manifest) -> str:
     c = manifest["config"]
     if c.get("teacher"):
         return f"`{c['teacher']}`"
+    if c.get("teacher_recipe") == "lite0":
+        return f"EfficientNet-Lite0 (ImageNet weights, fine-tuned {c['teacher_head_epochs']} + {c['teacher_epochs']} epochs)"
     if c.get("teacher_recipe", "efficientnetb0") != "ensemble":
         return "EfficientNetB0"
     try:  # the run's own members, parsed as the run parsed them

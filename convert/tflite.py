@@ -19,7 +19,7 @@ from device.metadata import make_metadata
 # Every variant a run can be converted to ("<model>_<kind>"), and the ones `make tflite` writes.
 VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32", "teacher_int8",
             "baseline_int8")
-DEFAULT_VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32")
+DEFAULT_VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32", "teacher_int8")
 
 
 def with_softmax(model):

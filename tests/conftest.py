@@ -35,11 +35,19 @@ def tiny_config(data_root: Path, out: Path, **kw):
     base = dict(data=str(data_root / "Training"), test_data=str(data_root / "Testing"), image_size=48, teacher_size=32,
                 cache_dir=str(out / "cache"), out=str(out / "run"), teacher_epochs=1, student_epochs=12,
                 batch_size=16, patience=20, seed=3, augment="flip", student_lr=0.01,
-                teacher_members="none:1,geo:1",
+                teacher_recipe="ensemble", teacher_members="none:1,geo:1",
                 # the 1-epoch teacher only exercises the plumbing; the student must learn from labels
                 alpha=0.9)
     base.update(kw)
     return dataclasses.replace(Config(), **base)
+
+
+@pytest.fixture(scope="session")
+def converted_weights(tmp_path_factory):
+    """The EfficientNet-Lite0 ImageNet weights converted once for the session (their folder is a cache_dir)."""
+    from train.pretrained import imagenet_weights
+
+    return imagenet_weights(tmp_path_factory.mktemp("lite0"))
 
 
 @pytest.fixture(scope="session")

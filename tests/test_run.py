@@ -198,18 +198,31 @@ def test_augment_levels():
 
 
 @pytest.mark.slow
-def test_efficientnet_teacher_recipe_runs_end_to_end(tmp_path):
-    """The recipe for users with ImageNet weights (here random init, one epoch on 32 images: plumbing only)."""
+def test_pretrained_lite0_teacher_recipe_runs_end_to_end(converted_weights, tmp_path):
+    """The default real-data teacher: ImageNet EfficientNet-Lite0, head warm-up then fine-tuning with BatchNorm
+    frozen (one epoch each on 32 images: plumbing only), distilled into the student."""
     from train.phantom import write_dataset
     from train.run import run
 
     data = write_dataset(tmp_path / "few", n_train=8, n_test=4, size=48, seed=2)
-    cfg = tiny_config(data, tmp_path, teacher_recipe="efficientnetb0", teacher_size=32, student_epochs=1,
-                      baseline=False, batch_size=8, tta=False)
+    cfg = tiny_config(data, tmp_path, teacher_recipe="lite0", teacher_size=32, teacher_epochs=1, student_epochs=1,
+                      baseline=False, batch_size=8, tta=False, cache_dir=str(converted_weights.parent))
     assert run(cfg) == 0
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert m["results"]["teacher"]["params"] > 3_000_000  # EfficientNetB0, not a student-sized net
-    assert "members" not in m["results"]["teacher"]
+    assert m["results"]["teacher"]["params"] == 3_418_148 and "members" not in m["results"]["teacher"]
+    assert len(m["epoch_seconds"]["teacher_head"]) == 1 and len(m["epoch_seconds"]["teacher"]) == 1
+    teacher = keras.models.load_model(tmp_path / "run" / "teacher.keras")
+    frozen = [la for la in teacher.get_layer("lite0_backbone").layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert frozen and not any(la.trainable for la in frozen)  # BatchNorm kept its ImageNet statistics
+    assert (tmp_path / "run" / "stages" / "teacher_head" / "head.weights.h5").is_file()  # a re-run skips the warm-up
+
+
+def test_efficientnetb0_recipe_builds_a_grayscale_teacher():
+    """The recipe for users with their own ImageNet weights (none here): the network and its input contract."""
+    from train.models import build_efficientnetb0
+
+    m = build_efficientnetb0(32, 4)
+    assert m.input_shape == (None, 32, 32, 1) and m.output_shape == (None, 4) and m.count_params() > 4_000_000
 
 
 MIRRORED = r"""

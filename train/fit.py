@@ -110,12 +110,12 @@ def callbacks(stage_dir: Path, patience: int):
     ]
 
 
-def fit_classifier(model, data: TrainSet, cfg, *, epochs, augment, seed, stage_dir, strategy) -> list[float]:
-    """Plain supervised training (the teacher); returns the seconds of each epoch."""
+def fit_classifier(model, data: TrainSet, cfg, *, epochs, augment, seed, stage_dir, strategy, lr=None) -> list[float]:
+    """Plain supervised training (the teacher; lr defaults to --teacher-lr); returns the seconds of each epoch."""
     n = model.output_shape[-1]
     steps = max(len(data.x) // cfg.batch_size, 1)
     with strategy.scope():
-        model.compile(optimizer=keras.optimizers.AdamW(schedule(cfg.teacher_lr, epochs, steps),
+        model.compile(optimizer=keras.optimizers.AdamW(schedule(lr or cfg.teacher_lr, epochs, steps),
                                                        weight_decay=cfg.weight_decay),
                       loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=False)

