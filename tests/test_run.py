@@ -61,7 +61,8 @@ def test_finished_members_are_reused_only_when_trained_as_asked(tiny_run, tmp_pa
     from train.run import main
 
     cfg = json.loads((tiny_run / "manifest.json").read_text())["config"]
-    common = ["--data", cfg["data"], "--test-data", cfg["test_data"], "--image-size", "48", "--teacher-size", "32",
+    common = ["--preset", "ensemble", "--data", cfg["data"], "--test-data", cfg["test_data"], "--image-size", "48",
+              "--teacher-size", "32",
               "--cache-dir", cfg["cache_dir"], "--student-epochs", "1", "--no-baseline", "--batch-size", "16",
               "--patience", str(cfg["patience"])]
     other = tmp_path / "other"
