@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import os
 import stat
@@ -43,6 +44,16 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _stat(p: Path):
+    """(stat following links, None), or (None, why not) for a broken link, a loop or an unreadable entry."""
+    try:
+        return os.stat(p), None
+    except FileNotFoundError:
+        return None, ("broken symbolic link" if p.is_symlink() else "no such file or folder")
+    except OSError as e:
+        return None, ("symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror or e})")
+
+
 def _walk(folder: Path, ancestors: frozenset, top: bool):
     """Yield (path, problem-or-None) for every candidate file under folder, and a problem for everything skipped.
     A link to a folder is followed, unless it leads back into the folders being walked (a loop)."""
@@ -57,14 +68,9 @@ def _walk(folder: Path, ancestors: frozenset, top: bool):
     found = False
     for e in entries:
         p = Path(e.path)
-        try:
-            st = os.stat(p)  # follows links
-        except FileNotFoundError:
-            if e.is_symlink():
-                yield p, "broken symbolic link"
-            continue
-        except OSError as err:
-            yield p, ("symbolic link loop" if err.errno == 40 else f"cannot be read ({err.strerror or err})")
+        st, problem = _stat(p)
+        if problem:
+            yield p, problem
             continue
         if stat.S_ISDIR(st.st_mode):
             if (st.st_dev, st.st_ino) in ancestors:
@@ -87,13 +93,9 @@ def expand(paths):
     """Yield (path, problem-or-None): files as given, folders recursively, and a line for everything skipped."""
     for raw in paths:
         p = Path(raw)
-        try:
-            st = os.stat(p)
-        except FileNotFoundError:
-            yield p, ("broken symbolic link" if p.is_symlink() else "no such file or folder")
-            continue
-        except OSError as e:
-            yield p, ("symbolic link loop" if e.errno == 40 else f"cannot be read ({e.strerror or e})")
+        st, problem = _stat(p)
+        if problem:
+            yield p, problem
             continue
         if stat.S_ISDIR(st.st_mode):
             yield from _walk(p, frozenset({(st.st_dev, st.st_ino)}), True)

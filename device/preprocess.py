@@ -15,12 +15,15 @@ from __future__ import annotations
 import math
 import struct
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 CONTRACT_VERSION = 1
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
+PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+IMAGE_EXTENSIONS = PICTURE_EXTENSIONS + DICOM_EXTENSIONS
 # Fixed filter: the resampling filter changes pixels, so it is part of the contract.
 RESAMPLE = Image.Resampling.BILINEAR
 # A scan is at most a few thousand pixels across; anything larger is refused
@@ -129,7 +132,8 @@ def _decode_dicom(path) -> tuple[Image.Image, list[str]]:
 
 
 def _first(value) -> float:
-    return float(value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value)
+    """A numeric tag's value, or the first of several (pydicom's MultiValue is a Sequence)."""
+    return float(value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value)
 
 
 def _dicom_pixels(path) -> tuple[Image.Image, list[str]]:
@@ -191,7 +195,9 @@ def load_scan(path, size: int) -> tuple[np.ndarray, list[str]]:
     """load_image, plus notes on what was chosen for the caller to show (e.g. which frame of a DICOM series)."""
     notes: list[str] = []
     try:
-        if str(path).lower().endswith((".dcm", ".dicom")) or is_dicom_file(path):
+        name = str(path).lower()
+        # A picture's own extension decides without a second open; other names are sniffed for the DICM preamble.
+        if name.endswith(DICOM_EXTENSIONS) or (not name.endswith(PICTURE_EXTENSIONS) and is_dicom_file(path)):
             img, notes = _decode_dicom(path)
         else:
             img = _decode_picture(path)

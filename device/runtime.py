@@ -173,7 +173,7 @@ class Classifier:
         try:
             flatbuffer.check(data)
         except flatbuffer.BadModel as e:
-            raise ModelError(f"{self.model_path} is not a valid TFLite model ({e})") from None
+            raise self._invalid(e) from None
         wanted = self.options.runtime
         names = list(RUNTIMES) if wanted == "auto" else [wanted]
         errors = []
@@ -196,8 +196,7 @@ class Classifier:
                 errors.append(_numpy_fix(name))
                 continue
             except (ValueError, RuntimeError) as e:
-                raise ModelError(f"{self.model_path} is not a valid TFLite model "
-                                 f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+                raise self._invalid(e) from None
             if errors:  # an earlier runtime could not run here: say so once
                 self.notes.append(f"{errors[-1]}; using {name} instead")
             self.runtime = name
@@ -207,6 +206,10 @@ class Classifier:
             raise RuntimeMissing((numpy_abi or errors)[0])
         raise RuntimeMissing("no TFLite interpreter available: " + "; ".join(errors)
                              + " (install: pip install -r device/requirements.txt)")
+
+    def _invalid(self, e: Exception) -> ModelError:
+        return ModelError(f"{self.model_path} is not a valid TFLite model "
+                          f"({(str(e).splitlines() or [type(e).__name__])[0]})")
 
     def _verify_for_tflite_runtime(self, Interpreter) -> None:
         """LiteRT's verifier where it is installed, else a throwaway run in a child process."""
@@ -219,8 +222,7 @@ class Classifier:
             with _quiet_stderr():
                 verifier(model_path=str(self.model_path))
         except (ValueError, RuntimeError) as e:
-            raise ModelError(f"{self.model_path} is not a valid TFLite model "
-                             f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+            raise self._invalid(e) from None
 
     def _feed(self, pixels: np.ndarray) -> np.ndarray:
         x = pixels.reshape(1, self.size, self.size, 1)
