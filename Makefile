@@ -52,8 +52,12 @@ tflite: $(VENV)/.stamp
 parity: $(VENV)/.stamp
 	$(PY) -m convert.parity --run $(OUT) $(ARGS)
 
+# Scans from other sources, for evaluation only (never trained, calibrated or tuned on); skipped when absent.
+EXTERNAL ?= ../shared/data/external-dev
+
 bench: $(VENV)/.stamp $(DVENV)/.stamp
 	$(PY) -m bench --run $(OUT) $(ARGS)
+	if [ -d "$(EXTERNAL)" ]; then $(PY) -m bench.external --run $(OUT) --data $(EXTERNAL); fi
 
 # Tests: training/convert side in .venv, device side in .venv-device (no TensorFlow there).
 # test-fast skips the end-to-end checks marked slow (conversion processes, EfficientNet, MirroredStrategy).

@@ -31,8 +31,11 @@ def audit(path) -> dict:
         ops.append(entry)
         if any(d not in ALLOWED_INT for d in ins + outs):
             float_ops.append(entry)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    inp, outs = it.get_input_details()[0], it.get_output_details()
+    # The probabilities are the narrowest output (a student for the device also outputs its pooled features).
+    out = min(outs, key=lambda o: int(o["shape"][-1]))
     return {
+        "outputs": [{"dtype": np.dtype(o["dtype"]).name, "shape": [int(s) for s in o["shape"]]} for o in outs],
         "ops": ops,
         "op_types": sorted({o["op"] for o in ops}),
         "float_ops": float_ops,
@@ -50,8 +53,9 @@ def check_full_int8(report: dict) -> list[str]:
         problems.append("float operators: " + ", ".join(sorted({o["op"] for o in report["float_ops"]})))
     if report["input"]["dtype"] not in ("uint8", "int8"):
         problems.append(f"input dtype is {report['input']['dtype']}, not integer")
-    if report["output"]["dtype"] not in ("uint8", "int8"):
-        problems.append(f"output dtype is {report['output']['dtype']}, not integer")
+    for o in report["outputs"]:
+        if o["dtype"] not in ("uint8", "int8"):
+            problems.append(f"output {o['shape']} dtype is {o['dtype']}, not integer")
     scale, zp = report["input"]["quantization"]
     if report["input"]["dtype"] == "uint8" and (scale, zp) != (1.0, 0):
         problems.append(f"input quantisation is scale={scale}, zero_point={zp}: it must map uint8 pixels "

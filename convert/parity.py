@@ -38,8 +38,10 @@ def evaluate(run_dir, model_name="student_int8", float_name="student", max_drop=
     x = calibration.load(test_paths, clf.size)
     labels = np.array([classes.index(Path(p).parent.name) for p in test_paths])
     keras_model = keras.models.load_model(run_dir / f"{float_name}.keras")
-    p_float = softmax(keras_model.predict(x.astype(np.float32)[..., None], batch_size=128, verbose=0))
-    p_int8 = np.stack([clf.predict_pixels(img) for img in x])
+    temperature = clf.meta.get("temperature", {}).get("value", 1.0)  # folded into the device model's last layer
+    p_float = softmax(keras_model.predict(x.astype(np.float32)[..., None], batch_size=128, verbose=0) / temperature)
+    assessed = [clf.assess_pixels(img) for img in x]
+    p_int8 = np.stack([a.probabilities for a in assessed])
     f, q = summarize(labels, p_float, classes), summarize(labels, p_int8, classes)
     diff = np.abs(p_float - p_int8)
     agreement = float((p_float.argmax(1) == p_int8.argmax(1)).mean() * 100)
@@ -53,8 +55,14 @@ def evaluate(run_dir, model_name="student_int8", float_name="student", max_drop=
     coverage = [{"min_confidence": t, "coverage": float((conf >= t).mean()),
                  "accuracy": float(correct[conf >= t].mean()) if (conf >= t).any() else None}
                 for t in (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)]
+    ood = None
+    if clf.ood is not None:  # the OOD flag on in-distribution scans: how many --reject-ood still answers
+        kept = np.array([a.in_distribution for a in assessed])
+        ood = {"answered": float(kept.mean()), "accuracy_answered": float(correct[kept].mean()) if kept.any() else None,
+               "threshold_keeps_on_validation": clf.meta["ood"]["keep"]}
     return {
         "run": run_dir.name, "model": model_name, "float_model": float_name, "runtime": clf.runtime,
+        "temperature": temperature, "reject_ood": ood,
         "int8_confidence_coverage": coverage,
         "n": int(len(labels)), "classes": classes, "float": f, "int8": q,
         "accuracy_drop_points": drop, "agreement_percent": agreement,
@@ -84,6 +92,11 @@ def to_markdown(r) -> str:
     for c in r["int8_confidence_coverage"]:
         acc = "-" if c["accuracy"] is None else f"{c['accuracy']:.2%}"
         lines.append(f"| {c['min_confidence']:.2f} | {c['coverage']:.1%} | {acc} |")
+    if r.get("reject_ood"):
+        o = r["reject_ood"]
+        lines += ["", f"`--reject-ood` answers {o['answered']:.1%} of these held-out images (its threshold keeps "
+                      f"{o['threshold_keeps_on_validation']:.0%} of the validation split), accuracy on those "
+                      f"{o['accuracy_answered']:.2%}."]
     return "\n".join(lines) + "\n"
 
 
@@ -126,6 +139,8 @@ def main(argv=None) -> int:
     meta = read_metadata(run / f"{a.model}.tflite")
     meta["metrics"]["parity"] = {k: r[k] for k in ("n", "agreement_percent", "accuracy_drop_points", "passed")}
     meta["metrics"]["int8"] = {k: r["int8"][k] for k in ("accuracy", "macro_f1", "ece", "n")}
+    if r["reject_ood"]:
+        meta["metrics"]["reject_ood"] = r["reject_ood"]
     atomic_write_json(side, meta)
     print(md)
     return 0 if r["passed"] else 1

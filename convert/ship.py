@@ -40,7 +40,16 @@ def teacher_name(manifest) -> str:
     return f"ensemble of {len(members)} CNNs (student family, trained as {how} (augmentation:epochs), logits averaged)"
 
 
-def model_card(manifest, parity, meta, bench=None) -> str:
+def calibration_line(meta, parity) -> str:
+    t = meta.get("temperature")
+    if not t:
+        return f"Calibration: expected calibration error (15 bins) of the int8 model {parity['int8']['ece']:.4f}."
+    return (f"Calibration: temperature {t['value']:.2f}, fitted on the validation split and folded into the last "
+            f"layer; expected calibration error (15 bins) on test {t['test_ece_before']:.2%} before, "
+            f"{t['test_ece_after']:.2%} after (float), int8 {parity['int8']['ece']:.2%}.")
+
+
+def model_card(manifest, parity, meta, bench=None, external=None) -> str:
     d, res = manifest["data_report"], manifest["results"]
     ed, leak = d["exact_duplicates"], d["leakage"]
     counts = ", ".join(f"{c} {n:,}" for c, n in d["count_per_class"].items())
@@ -77,8 +86,11 @@ def model_card(manifest, parity, meta, bench=None) -> str:
         f"- Calibration (int8): {meta.get('calibration', {}).get('count', '?')} training-split images, stratified, "
         "listed in the run's `calibration.txt`; none from validation or test.", "",
         "## Preprocessing",
-        f"Contract v{meta['preprocess']['contract_version']} (`device/preprocess.py`): first frame, EXIF orientation, "
-        "grayscale, pad to square with black, bilinear resize, uint8. Training used the identical function.", "",
+        f"Contract v{meta['preprocess']['contract_version']} (`device/preprocess.py`): first frame (DICOM: the middle "
+        "one, windowed), EXIF orientation, grayscale, "
+        + ("cropped to the head's bounding box (largest bright region of a blurred thumbnail, 3% margin) and "
+           "stretched to the square" if meta["preprocess"]["contract_version"] >= 2 else "pad to square with black")
+        + ", bilinear resize, uint8. Training used the identical function.", "",
         f"## Metrics (held-out test split, {parity['n']} images)", "",
         "| model | accuracy | macro-F1 |", "|---|---:|---:|",
         f"| teacher: {teacher_name(manifest)} (Keras float) | "
@@ -95,21 +107,33 @@ def model_card(manifest, parity, meta, bench=None) -> str:
         f"Parity (int8 vs float, device interpreter path, runtime {parity['runtime']}): top-1 agreement "
         f"{parity['agreement_percent']:.2f}%, accuracy drop {parity['accuracy_drop_points']:+.2f} points, mean |dp| "
         f"{parity['prob_abs_diff']['mean']:.4f}, max {parity['prob_abs_diff']['max']:.4f}.", "",
-        f"Calibration: expected calibration error (15 bins) of the int8 model {parity['int8']['ece']:.4f}.", "",
+        calibration_line(meta, parity), "",
         "Accuracy / coverage with `python -m device.classify --min-confidence X` (below X the answer is "
         "\"uncertain\"):", "", "| min confidence | coverage | accuracy on answered |", "|---:|---:|---:|",
     ]
     for c in parity["int8_confidence_coverage"]:
         L.append(f"| {c['min_confidence']:.2f} | {c['coverage']:.1%} | {pct(c['accuracy'])} |")
+    if meta.get("ood"):
+        o, rej = meta["ood"], parity.get("reject_ood") or {}
+        L += ["", "## Scans unlike the training images",
+              "Every answer says whether the scan looks like the images the model was trained on (`in_distribution`). "
+              "When it does not (a different scanner, sequence or preprocessing; not a brain MRI at all), the label "
+              "is much less trustworthy, and `--reject-ood` answers \"uncertain\" instead.", "",
+              f"How: the distance of the model's own penultimate features to the nearest class centre of the "
+              f"training split (Mahalanobis, shared covariance); the threshold keeps {o['keep']:.0%} of the "
+              f"validation split. On the held-out test split `--reject-ood` answers {pct(rej.get('answered'))}, "
+              f"accuracy on those {pct(rej.get('accuracy_answered'))}."]
+    if external:
+        L += ["", "## Scans from other sources (evaluation only)", "", external]
     if bench:
         L += ["", "## Speed and size", "", bench]
     L += ["", "## Limitations",
           "- No patient identifiers in the data set, so the split is by image, not by patient: slices of one",
           "  patient can sit in train and test. Near-duplicate removal reduces but cannot remove this leakage.",
-          "- One public data set, collected from three sources with unknown scanners and protocols; accuracy on",
-          "  other hospitals' scans is unknown and likely lower.",
-          "- Grayscale 2-D slices only (axial, coronal, sagittal mixed); no 3-D volumes, no other tumour types,",
-          "  no notion of 'not a brain MRI' - any image gets one of the four labels unless `--min-confidence` is used.",
+          "- One public data set, collected from three sources with unknown scanners and protocols; on scans from",
+          "  elsewhere it is less accurate (see the table of other sources above, when present).",
+          "- Grayscale 2-D slices only (axial, coronal, sagittal mixed); no 3-D volumes, no other tumour types.",
+          "  The out-of-distribution flag catches many unfamiliar scans, not all: a confident label is not proof.",
           "- Figures come from one run and one seed unless stated; see README for the KD ablation."]
     return "\n".join(x for x in L if x is not None) + "\n"
 
@@ -134,10 +158,12 @@ def main(argv=None) -> int:
         return 1
     bench_md = run / "bench" / "results.md"
     bench = bench_md.read_text() if bench_md.is_file() else None
+    external_md = run / "bench" / "external.md"
+    external = external_md.read_text() if external_md.is_file() else None
     # Always installed under the name the device loads by default.
     atomic_write_bytes(dest / "student_int8.tflite", (run / f"{a.model}.tflite").read_bytes())
     atomic_write_json(dest / "student_int8.json", meta)
-    atomic_write_bytes(dest / "MODEL_CARD.md", model_card(manifest, parity, meta, bench).encode())
+    atomic_write_bytes(dest / "MODEL_CARD.md", model_card(manifest, parity, meta, bench, external).encode())
     read_metadata(dest / "student_int8.tflite")  # the shipped pair verifies
     print(f"shipped {run}/{a.model}.tflite -> {dest}/student_int8.tflite (with .json, MODEL_CARD.md)")
     return 0

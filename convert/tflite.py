@@ -22,13 +22,55 @@ VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "
 DEFAULT_VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32", "teacher_int8")
 
 
-def with_softmax(model):
-    """The device wants probabilities; training models output logits."""
+def with_softmax(model, temperature: float = 1.0, features: bool = False):
+    """What the board runs: probabilities instead of logits, with the run's fitted temperature folded into the
+    last layer (its weights divided by T: the int8 graph is unchanged, the probabilities are calibrated), and for
+    the OOD flag a second output, the pooled features that last layer classifies (device/ood.py)."""
     import keras
 
+    inner = model
+    if temperature != 1.0:
+        inner = keras.models.clone_model(model)
+        inner.set_weights(model.get_weights())
+        head = inner.get_layer("logits")
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel / temperature, bias / temperature])
     inp = keras.Input(model.input_shape[1:], batch_size=1, name="pixels")
-    out = keras.layers.Softmax(name="probabilities")(model(inp))
-    return keras.Model(inp, out, name=f"{model.name}_probs")
+    if not features:
+        return keras.Model(inp, keras.layers.Softmax(name="probabilities")(inner(inp)), name=f"{model.name}_probs")
+    logits, pooled = keras.Model(inner.input, [inner.output, inner.get_layer("logits").input])(inp)
+    return keras.Model(inp, [keras.layers.Softmax(name="probabilities")(logits),
+                             keras.layers.Identity(name="features")(pooled)], name=f"{model.name}_probs_features")
+
+
+def outputs_by_width(path, x: np.ndarray) -> dict[int, np.ndarray]:
+    """Every output of a .tflite on uint8 images x (N, size, size), dequantised, keyed by its width."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    inp, outs = it.get_input_details()[0], it.get_output_details()
+    got = {int(o["shape"][-1]): [] for o in outs}
+    for img in x:
+        it.set_tensor(inp["index"], img.reshape(inp["shape"]).astype(inp["dtype"]))
+        it.invoke()
+        for o in outs:
+            v = it.get_tensor(o["index"])[0].astype(np.float32)
+            scale, zp = o["quantization"]
+            got[int(o["shape"][-1])].append((v - zp) * scale if scale else v)
+    return {k: np.stack(v) for k, v in got.items()}
+
+
+def fit_ood(path, split: dict, classes: list[str], size: int) -> dict:
+    """The sidecar's OOD statistics, from this very model's features on the training and validation splits."""
+    from device import ood
+
+    def features(paths):
+        out = outputs_by_width(path, calibration.load(paths, size))
+        return out[max(out)]  # the features are the wider output (checked: wider than the labels)
+
+    train_labels = [classes.index(Path(p).parent.name) for p in split["train"]]
+    return ood.fit(features(split["train"]), train_labels, features(split["val"]), len(classes))
 
 
 def convert(model, kind: str, representative: np.ndarray | None = None) -> bytes:
@@ -88,16 +130,24 @@ def convert_variant(run_dir, variant: str, calibration_size: int = calibration.S
             rep = calibration.load(files, size)
             extra["calibration"] = {"file_list": "calibration.txt", "count": len(files), "seed": seed,
                                     "source": "training split, stratified by class"}
-    data = convert(with_softmax(model), kind, rep)
+    manifest_f = run_dir / "manifest.json"
+    manifest = json.loads(manifest_f.read_text()) if manifest_f.is_file() else {}
+    res = manifest.get("results", {}).get(which, {})
+    # Students get calibrated probabilities and, in int8 (what ships), the features for the OOD flag.
+    temperature = float(res.get("calibration", {}).get("temperature", 1.0)) if which != "teacher" else 1.0
+    features = which != "teacher" and kind == "int8"
+    data = convert(with_softmax(model, temperature, features), kind, rep)
     path = run_dir / f"{out_name or variant}.tflite"
     atomic_write_bytes(path, data)
+    if temperature != 1.0:
+        extra["temperature"] = {"value": temperature, "folded_into": "the last layer's weights and bias",
+                                **{k: v for k, v in res["calibration"].items() if k != "temperature"}}
+    if features:
+        extra["ood"] = fit_ood(path, split, classes, size)
     rep_audit = audit(path)
     problems = check_full_int8(rep_audit) if kind == "int8" else []
     extra["audit"] = {"op_types": rep_audit["op_types"], "float_ops": rep_audit["float_ops"],
                       "problems": problems}
-    manifest_f = run_dir / "manifest.json"
-    manifest = json.loads(manifest_f.read_text()) if manifest_f.is_file() else {}
-    res = manifest.get("results", {}).get(which, {})
     meta = make_metadata(
         model_path=path, labels=classes, input_size=size,
         input_dtype=rep_audit["input"]["dtype"], input_quant=rep_audit["input"]["quantization"],

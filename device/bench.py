@@ -86,9 +86,15 @@ def evaluate(model, source, runtime="auto", threads=1) -> dict:
         raise ModelError(f"--eval {source}: " + (f"labels {unknown} are not the model's {clf.labels}" if unknown
                                                   else "no labelled images found"))
     labels = np.array([clf.labels.index(lab) for _, lab in items])
-    probs = np.stack([clf.predict_file(p) for p, _ in items])
+    results = [clf.assess(p) for p, _ in items]
+    probs = np.stack([r.probabilities for r in results])
     r = summarize(labels, probs, clf.labels)
-    return {k: r[k] for k in ("n", "accuracy", "macro_f1", "ece")}
+    out = {k: r[k] for k in ("n", "accuracy", "macro_f1", "ece")}
+    if clf.ood is not None:  # with --reject-ood: how many are answered, and how well
+        kept = np.array([x.in_distribution for x in results])
+        out["in_distribution"] = float(kept.mean())
+        out["accuracy_answered"] = float((probs.argmax(1) == labels)[kept].mean()) if kept.any() else float("nan")
+    return out
 
 
 def main(argv=None) -> int:
@@ -126,6 +132,9 @@ def main(argv=None) -> int:
             e = r["eval"]
             print(f"test split: {e['n']} images, accuracy {e['accuracy']:.2%}, macro-F1 {e['macro_f1']:.4f}, "
                   f"ECE {e['ece']:.4f}")
+            if "in_distribution" in e:
+                print(f"like the training data: {e['in_distribution']:.2%} (accuracy on those "
+                      f"{e['accuracy_answered']:.2%})")
     return 0
 
 

@@ -6,6 +6,9 @@ Images (.jpg .png .bmp .tif .gif .webp) and DICOM files (.dcm, or any file with 
 searched recursively, symbolic links to folders are followed once. Every input that cannot be classified gets one
 line saying why, and the others still run.
 
+Every answer says whether the scan looks like the model's training images (`in_distribution`, from the model's
+own features; see device/ood.py); with --reject-ood a scan that does not is answered "uncertain".
+
 Exit codes: 0 all inputs classified, 1 some inputs failed, 2 usage or model error, 3 internal error (a bug:
 please report it with --verbose output).
 """
@@ -126,6 +129,8 @@ def build_parser():
     p.add_argument("--runtime", default="auto", choices=["auto", "tflite-runtime", "litert"])
     p.add_argument("--min-confidence", type=float, default=0.0,
                    help="below this top probability the answer is 'uncertain' (0..1)")
+    p.add_argument("--reject-ood", action="store_true",
+                   help="answer 'uncertain' for scans unlike the training images (out of distribution)")
     p.add_argument("--verbose", action="store_true", help="show library warnings and, on a crash, the traceback")
     return p
 
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
     try:
         a = build_parser().parse_args(argv)
         options = ClassifierOptions(runtime=a.runtime, threads=a.threads, top_k=a.top_k,
-                                    min_confidence=a.min_confidence)
+                                    min_confidence=a.min_confidence, reject_ood=a.reject_ood)
         options.validate()
     except (UsageError, ValueError) as e:
         print(f"error: {str(e).replace('top_k', '--top-k').replace('min_confidence', '--min-confidence')} "
@@ -167,7 +172,8 @@ def classify_all(a, options) -> int:
     writer = None
     if a.csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "label", "probability", *clf.labels, "latency_ms", "note", "error"])
+        writer.writerow(["path", "label", "probability", *clf.labels, "in_distribution", "ood_score", "latency_ms",
+                         "note", "error"])
     n_ok = n_bad = attempted = crashed = 0
     for path, problem in expand(a.paths):
         t0 = time.perf_counter()
@@ -175,7 +181,7 @@ def classify_all(a, options) -> int:
         attempted += problem is None
         if problem is None:
             try:
-                probs, notes = clf.predict_scan(path)
+                result = clf.assess(path)
             except ImageError as e:
                 problem = str(e)
             except MemoryError:
@@ -191,23 +197,29 @@ def classify_all(a, options) -> int:
             if a.json:
                 print(json.dumps({"path": str(path), "error": problem}), flush=True)
             elif writer:
-                writer.writerow([shown(path), "", "", *[""] * len(clf.labels), "", "", problem])
+                writer.writerow([shown(path), "", "", *[""] * len(clf.labels), "", "", "", "", problem])
             else:
                 print(f"{shown(path)}: error: {problem}", file=sys.stderr, flush=True)
             continue
         n_ok += 1
+        probs, notes, known = result.probabilities, list(result.notes), result.in_distribution
         order = ranked(probs)
         top = int(order[0])
-        label = clf.labels[top] if probs[top] >= options.min_confidence else "uncertain"
+        confident = probs[top] >= options.min_confidence and not (options.reject_ood and not known)
+        label = clf.labels[top] if confident else "uncertain"
+        score = None if result.ood_score is None else round(result.ood_score, 3)
         if a.json:
             record = {"path": str(path), "label": label, "probability": round(float(probs[top]), 4),
                       "probabilities": {c: round(float(v), 4) for c, v in zip(clf.labels, probs)},
-                      "latency_ms": round(ms, 2)}
+                      "in_distribution": known, "ood_score": score, "latency_ms": round(ms, 2)}
             print(json.dumps(record | ({"note": "; ".join(notes)} if notes else {})), flush=True)
         elif writer:
-            writer.writerow([shown(path), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs], f"{ms:.2f}",
-                             "; ".join(notes), ""])
+            writer.writerow([shown(path), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs],
+                             "" if known is None else str(known).lower(), "" if score is None else f"{score:.3f}",
+                             f"{ms:.2f}", "; ".join(notes), ""])
         else:
+            if known is False:
+                notes.insert(0, f"unlike the training images (OOD score {score:.2f} > 1)")
             top_k = ", ".join(f"{clf.labels[i]} {probs[i]:.1%}" for i in order[: options.top_k])
             note = f"  [{'; '.join(notes)}]" if notes else ""
             print(f"{shown(path)}: {label}  ({top_k})  {ms:.1f} ms{note}", flush=True)

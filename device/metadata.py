@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from device.preprocess import CONTRACT_VERSION
+from device.preprocess import CONTRACT_VERSION, CONTRACTS
 
 FORMAT = "mri-edge-model/1"
 
@@ -43,7 +43,7 @@ def make_metadata(*, model_path, labels, input_size, input_dtype, input_quant, o
                   "quantization": input_quant},
         "output": {"dtype": output_dtype, "quantization": output_quant, "kind": output_kind},
         "preprocess": {"contract_version": CONTRACT_VERSION, "color": "grayscale",
-                       "resize": "pad-to-square, bilinear", "pixels": "uint8 0..255"},
+                       "resize": "head crop, stretched to the square, bilinear", "pixels": "uint8 0..255"},
         "run": run or {},
         "metrics": metrics or {},
     }
@@ -85,6 +85,17 @@ def validate(meta, side) -> None:
     cv = meta["preprocess"].get("contract_version")
     if type(cv) is not int:
         raise _fail(side, "preprocess.contract_version", "an integer", cv)
+    ood = meta.get("ood")  # optional: models converted before the OOD flag have none
+    if ood is not None:
+        if not isinstance(ood, dict):
+            raise _fail(side, "ood", "an object", ood)
+        if not (type(ood.get("features")) is int and ood["features"] > len(labels)):
+            raise _fail(side, "ood.features", "an integer larger than the number of labels", ood.get("features"))
+        if not (type(ood.get("threshold")) in (int, float) and ood["threshold"] > 0):
+            raise _fail(side, "ood.threshold", "a number > 0", ood.get("threshold"))
+        for key in ("whiten", "means"):
+            if not isinstance(ood.get(key), str):
+                raise _fail(side, f"ood.{key}", "a base64 string", ood.get(key))
 
 
 def read_metadata(model_path) -> dict:
@@ -108,7 +119,7 @@ def read_metadata(model_path) -> dict:
             f"again, as a pair, from the same release"
         )
     cv = meta["preprocess"]["contract_version"]
-    if cv != CONTRACT_VERSION:
+    if cv not in CONTRACTS:
         raise ModelError(f"model was built for preprocessing contract v{cv}, this device code implements "
-                         f"v{CONTRACT_VERSION}: use a device package from the model's release")
+                         f"v{', v'.join(map(str, CONTRACTS))}: use a device package from the model's release")
     return meta

@@ -3,8 +3,14 @@
 Training (train.data) and the board (device.classify) both call `load_image`, so
 the pixels the student learns from are the pixels the int8 model is fed.
 Bump CONTRACT_VERSION whenever the output of `load_image` can change for an
-ordinary image: caches and model metadata carry it, and the device refuses a
-model built for another one.
+ordinary image: caches and model metadata carry it, and the device applies the
+contract a model's sidecar names (CONTRACTS), refusing any other.
+
+  v1: pad to a square with black, resize.
+  v2: crop to the head's bounding box, then resize (stretch) to the square. The training images were squashed to
+      224x224 squares by their redistributors and their head fills 68 to 90% of the frame depending on the class;
+      real scans come at other aspect ratios and framings. Cropping to the head gives every scan one framing, so
+      neither the frame nor the aspect ratio can stand in for the class (docs/research.md, Q11).
 
 Memory is bounded by the pixel-count check, never by what a header claims: no
 buffer grows with max(width, height)^2, and wide 16-bit or transparent images
@@ -18,9 +24,10 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2          # what training writes now
+CONTRACTS = (1, 2)            # what the device can still apply (a v1 model keeps working)
 PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 IMAGE_EXTENSIONS = PICTURE_EXTENSIONS + DICOM_EXTENSIONS
@@ -34,6 +41,16 @@ MAX_PIXELS = 40_000_000
 # this side, so the square canvas never exceeds ORDINARY_SIDE^2 bytes (16 MB).
 ORDINARY_SIDE = 4096
 BAND_PIXELS = 1 << 20  # rows converted at a time for 16-bit and transparent images
+# Head crop (v2): found on a thumbnail of at most THUMB_SIDE pixels, blurred so that JPEG noise and the dark gap
+# between skull and brain do not split the head; a pixel is "head" above HEAD_LEVEL of the thumbnail's 99th
+# percentile (and above HEAD_FLOOR grey levels); the largest 8-connected region wins, so text, rulers and
+# noise specks beside the head are left out. A region smaller than MIN_HEAD of the thumbnail means no head was
+# found: the whole image is used.
+THUMB_SIDE = 128
+HEAD_LEVEL = 0.10
+HEAD_FLOOR = 8
+MIN_HEAD = 0.01
+HEAD_MARGIN = 0.03            # of the box's longer side, on every side
 DICOM_MAGIC_OFFSET = 128
 
 # Pillow's own bomb guard would answer before ours (with its own wording) above 2 x its limit: ours decides.
@@ -172,8 +189,76 @@ def _dicom_pixels(path) -> tuple[Image.Image, list[str]]:
     return Image.fromarray(gray, mode="L"), _frame_notes(frames, index)
 
 
-def to_model_input(img: Image.Image, size: int) -> np.ndarray:
-    """A grayscale image padded with black to a square and resized: the contract's last two steps."""
+def _runs(row: np.ndarray) -> tuple[list[int], list[int]]:
+    """Starts and (exclusive) ends of the True runs of a boolean row."""
+    d = np.diff(np.concatenate(([0], row.astype(np.int8), [0])))
+    return np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()
+
+
+def largest_region_box(mask: np.ndarray) -> tuple[int, int, int, int, int] | None:
+    """(left, top, right, bottom, area) of the largest 8-connected True region (right/bottom exclusive), or None.
+
+    Run-length union-find: rows are scanned once and runs that touch a run of the row above are merged, so it
+    costs O(runs) in plain numpy + Python, with no SciPy on the board."""
+    parent: list[int] = []
+    info: list[list[int]] = []   # per run: left, top, right, bottom, area
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    prev: list[tuple[int, int, int]] = []
+    for y in range(mask.shape[0]):
+        cur = []
+        j = 0
+        for s, e in zip(*_runs(mask[y])):
+            rid = len(parent)
+            parent.append(rid)
+            info.append([s, y, e, y + 1, e - s])
+            while j < len(prev) and prev[j][1] < s:   # runs above that end before this one's diagonal reach
+                j += 1
+            k = j
+            while k < len(prev) and prev[k][0] <= e:  # 8-connected: [ps, pe) touches [s - 1, e + 1)
+                a, b = find(prev[k][2]), find(rid)
+                if a != b:
+                    parent[b] = a
+                    ia, ib = info[a], info[b]
+                    info[a] = [min(ia[0], ib[0]), min(ia[1], ib[1]), max(ia[2], ib[2]), max(ia[3], ib[3]),
+                               ia[4] + ib[4]]
+                k += 1
+            cur.append((s, e, rid))
+        prev = cur
+    roots = [info[i] for i in range(len(parent)) if parent[i] == i]
+    return tuple(max(roots, key=lambda r: r[4])) if roots else None
+
+
+def head_box(img: Image.Image) -> tuple[int, int, int, int] | None:
+    """The head's bounding box in `img` (PIL box: left, top, right, bottom), with a margin; None = no head found."""
+    factor = max(1, math.ceil(max(img.size) / THUMB_SIDE))
+    thumb = img.reduce(factor) if factor > 1 else img
+    blurred = np.asarray(thumb.filter(ImageFilter.BoxBlur(1)), dtype=np.uint8)
+    level = max(HEAD_FLOOR, HEAD_LEVEL * float(np.percentile(blurred, 99)))
+    box = largest_region_box(blurred > level)
+    if box is None or box[4] < MIN_HEAD * blurred.size:
+        return None
+    # The blur joins the head's parts but widens it by a pixel: the box is the unblurred pixels inside it.
+    x0, y0, x1, y1 = box[:4]
+    raw = np.asarray(thumb, dtype=np.uint8)[y0:y1, x0:x1] > level
+    rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
+    if len(rows):
+        x0, y0, x1, y1 = x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1
+    left, top, right, bottom = (int(v) * factor for v in (x0, y0, x1, y1))
+    margin = math.ceil(HEAD_MARGIN * max(right - left, bottom - top))
+    return (max(0, left - margin), max(0, top - margin), min(img.width, right + margin),
+            min(img.height, bottom + margin))
+
+
+def to_model_input(img: Image.Image, size: int, contract: int = CONTRACT_VERSION) -> np.ndarray:
+    """A grayscale image framed by the contract (v1: padded to a square; v2: cropped to the head) and resized."""
+    if contract not in CONTRACTS:
+        raise ValueError(f"preprocessing contract v{contract} is not one of {CONTRACTS}")
     w, h = img.size
     if w < 1 or h < 1:
         raise ImageError("image has no pixels")
@@ -181,6 +266,13 @@ def to_model_input(img: Image.Image, size: int) -> np.ndarray:
         factor = math.ceil(max(w, h) / ORDINARY_SIDE)
         img = img.reduce(factor)
         w, h = img.size
+    if contract >= 2:
+        box = head_box(img)
+        if box is not None and box != (0, 0, w, h):
+            img = img.crop(box)
+        if img.size != (size, size):
+            img = img.resize((size, size), RESAMPLE)
+        return np.asarray(img, dtype=np.uint8).copy()
     side = max(w, h)
     if w != h:
         square = Image.new("L", (side, side), 0)
@@ -191,7 +283,7 @@ def to_model_input(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def load_scan(path, size: int) -> tuple[np.ndarray, list[str]]:
+def load_scan(path, size: int, contract: int = CONTRACT_VERSION) -> tuple[np.ndarray, list[str]]:
     """load_image, plus notes on what was chosen for the caller to show (e.g. which frame of a DICOM series)."""
     notes: list[str] = []
     try:
@@ -201,7 +293,7 @@ def load_scan(path, size: int) -> tuple[np.ndarray, list[str]]:
             img, notes = _decode_dicom(path)
         else:
             img = _decode_picture(path)
-        return to_model_input(img, size), notes
+        return to_model_input(img, size, contract), notes
     except ImageError:
         raise
     except FileNotFoundError:
@@ -220,11 +312,11 @@ def load_scan(path, size: int) -> tuple[np.ndarray, list[str]]:
         raise ImageError(f"corrupt or truncated image ({why})") from None
 
 
-def load_image(path, size: int) -> np.ndarray:
+def load_image(path, size: int, contract: int = CONTRACT_VERSION) -> np.ndarray:
     """Decode `path` into a (size, size) uint8 grayscale array.
 
     Steps, in order: first frame only (DICOM: the middle frame, windowed to 8 bits); EXIF orientation applied;
-    grayscale (RGB-encoded grayscale collapses to the same values); padded with black to a square (keeps anatomy
-    proportions); resized with RESAMPLE. Raises ImageError with a one-line reason for anything unusable.
+    grayscale (RGB-encoded grayscale collapses to the same values); cropped to the head's bounding box (v1: padded
+    with black to a square); resized with RESAMPLE. Raises ImageError with a one-line reason for anything unusable.
     """
-    return load_scan(path, size)[0]
+    return load_scan(path, size, contract)[0]

@@ -4,6 +4,8 @@
     clf = Classifier(options=ClassifierOptions(top_k=2, min_confidence=0.8))   # the shipped model
     for p in clf.classify("scan.dcm"):                                          # a path, or a 2-D uint8 array
         print(p.label, p.probability)
+    r = clf.assess("scan.dcm")           # all probabilities, and whether the scan looks like the training data
+    print(r.probabilities, r.in_distribution, r.ood_score)
 
 tflite-runtime first (Pi OS Bookworm, 32-bit Pi OS), LiteRT (`ai-edge-litert`) when it is missing or cannot run
 (Python >= 3.12, e.g. Pi OS Trixie; or numpy 2 beside tflite-runtime). Never TensorFlow.
@@ -24,7 +26,8 @@ from PIL import Image
 from device import flatbuffer
 from device.metadata import ModelError, read_metadata
 from device.metrics import ranked
-from device.preprocess import ImageError, load_scan, to_model_input
+from device.ood import Scorer
+from device.preprocess import CONTRACT_VERSION, ImageError, load_scan, to_model_input
 
 RUNTIMES = {
     "tflite-runtime": "tflite_runtime.interpreter",
@@ -43,6 +46,7 @@ class ClassifierOptions:
     threads: int | None = None      # interpreter threads; None = the runtime's choice
     top_k: int = 1                  # predictions returned by classify()
     min_confidence: float = 0.0     # below this probability a class is not returned (none at all: "uncertain")
+    reject_ood: bool = False        # a scan unlike the training images is answered "uncertain" (needs OOD stats)
 
     def validate(self) -> None:
         if self.runtime not in ("auto", *RUNTIMES):
@@ -59,6 +63,18 @@ class ClassifierOptions:
 class Prediction:
     label: str
     probability: float
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Everything the model says about one scan."""
+    probabilities: np.ndarray
+    ood_score: float | None = None   # distance from the training data; > 1: unlike it (None: model has no stats)
+    notes: tuple[str, ...] = ()      # what was read (e.g. which DICOM frame)
+
+    @property
+    def in_distribution(self) -> bool | None:
+        return None if self.ood_score is None else bool(self.ood_score <= 1.0)
 
 
 def _numpy_abi_error(e: BaseException) -> bool:
@@ -151,18 +167,31 @@ class Classifier:
         self.interpreter = self._open(quiet)
         self.load_seconds = time.perf_counter() - t0
         inp = self.interpreter.get_input_details()[0]
-        out = self.interpreter.get_output_details()[0]
-        self._in_index, self._out_index = inp["index"], out["index"]
+        outputs = self.interpreter.get_output_details()
+        self._in_index = inp["index"]
         self.input_dtype = np.dtype(inp["dtype"])
         self.input_quant = tuple(inp["quantization"])
-        self.output_quant = tuple(out["quantization"])
         self.size = int(inp["shape"][1])
-        if self.meta is not None:
-            if self.meta["input"]["size"] != self.size or len(self.meta["labels"]) != int(out["shape"][-1]):
-                raise ModelError(f"{self.model_path.name}: model tensors do not match its metadata")
-            self.labels = list(self.meta["labels"])
-        else:
-            self.labels = [str(i) for i in range(int(out["shape"][-1]))]
+        n_labels = len(self.meta["labels"]) if self.meta is not None else int(outputs[0]["shape"][-1])
+        # Outputs are told apart by width (the converter does not keep their order): the class probabilities,
+        # and for models with OOD statistics the pooled features those were fitted on.
+        probs = [o for o in outputs if int(o["shape"][-1]) == n_labels]
+        ood = (self.meta or {}).get("ood")
+        feats = [o for o in outputs if ood and int(o["shape"][-1]) == ood["features"]]
+        if self.meta is not None and (self.meta["input"]["size"] != self.size or not probs or (ood and not feats)):
+            raise ModelError(f"{self.model_path.name}: model tensors do not match its metadata")
+        self._out = probs[0] if probs else outputs[0]
+        self._feat = feats[0] if feats else None
+        self.labels = list(self.meta["labels"]) if self.meta is not None else [str(i) for i in range(n_labels)]
+        # The framing the model was trained with: a v1 model keeps its pad-to-square input.
+        self.contract = self.meta["preprocess"]["contract_version"] if self.meta is not None else CONTRACT_VERSION
+        try:
+            self.ood = Scorer(ood, n_labels) if ood else None
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{self.model_path.name}: its out-of-distribution statistics are unreadable ({e})") from None
+        if self.options.reject_ood and self.ood is None:
+            raise ModelError(f"{self.model_path.name} has no out-of-distribution statistics, so it cannot reject "
+                             f"scans unlike its training data (convert it again with this release)")
 
     def _open(self, quiet: bool):
         """An allocated interpreter from the first runtime that can run this model here."""
@@ -238,37 +267,46 @@ class Classifier:
             return np.clip(q, -128, 127).astype(np.int8)
         return x.astype(self.input_dtype)  # float models take pixel values 0..255
 
-    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (size, size) array from device.preprocess -> class probabilities (float32)."""
-        self.interpreter.set_tensor(self._in_index, self._feed(pixels))
-        self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self._out_index)[0]
+    def _output(self, detail) -> np.ndarray:
+        out = self.interpreter.get_tensor(detail["index"])[0]
         if np.issubdtype(out.dtype, np.integer):
-            scale, zp = self.output_quant
+            scale, zp = detail["quantization"]
             out = (out.astype(np.float32) - zp) * scale
         return out.astype(np.float32)
 
-    def predict_scan(self, path) -> tuple[np.ndarray, list[str]]:
-        """Probabilities for an image or DICOM file, and notes on what was read (e.g. which frame)."""
-        pixels, notes = load_scan(path, self.size)
-        return self.predict_pixels(pixels), notes
+    def assess_pixels(self, pixels: np.ndarray, notes=()) -> Assessment:
+        """uint8 (size, size) array from device.preprocess -> probabilities and OOD score."""
+        self.interpreter.set_tensor(self._in_index, self._feed(pixels))
+        self.interpreter.invoke()
+        probs = self._output(self._out)
+        score = float(self.ood.score(self._output(self._feat))[0]) if self.ood is not None else None
+        return Assessment(probs, score, tuple(notes))
 
-    def predict_file(self, path) -> np.ndarray:
-        return self.predict_scan(path)[0]
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (size, size) array from device.preprocess -> class probabilities (float32)."""
+        return self.assess_pixels(pixels).probabilities
 
-    def probabilities(self, source) -> np.ndarray:
-        """source: a file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame) that goes through
-        the same pad-to-square and resize as a file."""
+    def assess(self, source) -> Assessment:
+        """source: an image or DICOM file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame)
+        that goes through the same framing and resize as a file."""
         if isinstance(source, (str, os.PathLike)):
-            return self.predict_file(source)
+            pixels, notes = load_scan(source, self.size, self.contract)
+            return self.assess_pixels(pixels, notes)
         a = np.asarray(source)
         if a.ndim != 2 or a.dtype != np.uint8:
             raise ImageError(f"an image array must be 2-D uint8 grayscale (got {a.dtype} {a.shape})")
-        return self.predict_pixels(to_model_input(Image.fromarray(a, mode="L"), self.size))
+        return self.assess_pixels(to_model_input(Image.fromarray(a, mode="L"), self.size, self.contract))
+
+    def probabilities(self, source) -> np.ndarray:
+        return self.assess(source).probabilities
 
     def classify(self, source) -> list[Prediction]:
         """Up to options.top_k predictions at or above options.min_confidence, most probable first; an empty
-        list means 'uncertain'. Raises ImageError (one line) for an unusable input."""
-        probs = self.probabilities(source)
+        list means 'uncertain' (or, with options.reject_ood, unlike the training data). Raises ImageError (one line)
+        for an unusable input."""
+        result = self.assess(source)
+        if self.options.reject_ood and not result.in_distribution:
+            return []
+        probs = result.probabilities
         return [Prediction(self.labels[i], float(probs[i])) for i in ranked(probs)[: self.options.top_k]
                 if probs[i] >= self.options.min_confidence]

@@ -60,7 +60,7 @@ def test_training_pixels_and_device_pixels_are_bit_identical(converted):
     inp = clf.interpreter.get_input_details()[0]["index"]
     for path, arr in list(zip(cached.paths, cached.x))[:25]:
         assert np.array_equal(load_image(path, split["image_size"]), arr)
-        clf.predict_file(path)
+        clf.assess(path)
         fed = clf.interpreter.get_tensor(inp)[0, :, :, 0]
         assert fed.dtype == np.uint8 and np.array_equal(fed, arr), path
 
@@ -76,11 +76,22 @@ def test_parity_gate_passes_good_model_and_fails_blank_calibration(converted, tm
     for f in ("parity.md", "parity.png"):
         assert (run / f).is_file()
     assert read_metadata(run / "student_int8.tflite")["metrics"]["parity"]["passed"]
-    # A deliberately broken model: calibrated on blank images, every activation range collapses.
-    convert_variant(run, "student_int8", representative_override=np.zeros((8, 48, 48), np.uint8),
-                    out_name="student_blank")
-    assert parity_main(["--run", str(run), "--model", "student_blank", *gate]) == 1
-    bad = json.loads((run / "parity_student_blank.json").read_text())
+    # A deliberately broken model: the student with its weights scrambled, converted the real way (the mistake
+    # the gate exists for: an int8 model that is not the float model it claims to be).
+    import keras
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    student = keras.models.load_model(run / "student.keras")
+    rng = np.random.default_rng(0)
+    student.set_weights([w + rng.normal(0, 0.5 * np.std(w), w.shape) if w.ndim > 1 else w  # kernels only: BN stays
+                         for w in student.get_weights()])
+    student.save(other / "student.keras")
+    convert_variant(other, "student_int8", out_name="student_broken")
+    for ext in (".tflite", ".json"):
+        shutil.copy(other / f"student_broken{ext}", run / f"student_broken{ext}")
+    assert parity_main(["--run", str(run), "--model", "student_broken", *gate]) == 1
+    bad = json.loads((run / "parity_student_broken.json").read_text())
     assert not bad["passed"] and bad["failures"]
 
 
@@ -122,3 +133,20 @@ def test_device_cli_on_litert_prints_no_runtime_chatter(tmp_path):
                         str(ROOT / "tests" / "fixtures" / "tiny_int8.tflite"), str(tmp_path / "x.png")],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0 and p.stderr == "" and "x.png" in p.stdout, p.stderr
+
+
+def test_the_shipped_int8_student_carries_temperature_and_ood_statistics(converted):
+    run, _ = converted
+    meta = read_metadata(run / "student_int8.tflite")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert meta["temperature"]["value"] == manifest["results"]["student"]["calibration"]["temperature"] > 0
+    assert meta["ood"]["features"] > len(meta["labels"]) and meta["ood"]["fitted_on"]["val"] > 0
+    assert [o["shape"][-1] for o in audit(run / "student_int8.tflite")["outputs"]].count(meta["ood"]["features"]) == 1
+    clf = Classifier(run / "student_int8.tflite")
+    rng = np.random.default_rng(0)
+    for junk in (rng.integers(0, 255, (100, 100), dtype=np.uint8), np.zeros((50, 50), np.uint8),
+                 np.full((1, 1), 128, np.uint8)):
+        assert not clf.assess(junk).in_distribution      # noise, a blank frame, a 1x1 grey image
+    split = calibration.read_split(run)
+    answered = np.mean([clf.assess(p).in_distribution for p in split["test"]])
+    assert answered > 0.75                                # the threshold keeps 95% of validation

@@ -74,7 +74,7 @@ def load_folder(root, size: int, cache_dir="artifacts/cache") -> Images:
     for p, _ in items:
         digests.append(hashlib.sha256(p.read_bytes()).hexdigest())
     key = hashlib.sha256(json.dumps(
-        [CONTRACT_VERSION, size, [(str(p.relative_to(root)), c, d) for (p, c), d in zip(items, digests)]]
+        [CONTRACT_VERSION, size, "thumbs-v1", [(str(p.relative_to(root)), c, d) for (p, c), d in zip(items, digests)]]
     ).encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"images-{key}.npz"
     if cache.is_file():
@@ -82,10 +82,13 @@ def load_folder(root, size: int, cache_dir="artifacts/cache") -> Images:
         meta = json.loads(str(z["meta"]))
         return Images(str(root), classes, meta["paths"], z["labels"], z["x"], meta["sha256"], z["thumbs"],
                       meta["skipped"], cache_hit=True)
-    xs, labels, paths, shas, skipped = [], [], [], [], []
+    xs, thumbs, labels, paths, shas, skipped = [], [], [], [], [], []
     for (p, c), d in zip(items, digests):
         try:
             xs.append(load_image(p, size))
+            # Near-duplicate thumbnails from the whole frame (contract v1), not the head crop: the crop box can
+            # move by a pixel between two encodings of one image, which would hide a leak.
+            thumbs.append(load_image(p, THUMB * 4, contract=1))
         except ImageError as e:
             skipped.append({"path": str(p), "class": classes[c], "reason": str(e)})
             continue
@@ -99,7 +102,8 @@ def load_folder(root, size: int, cache_dir="artifacts/cache") -> Images:
         if ci not in labels:
             n_skipped = sum(1 for s in skipped if s["class"] == cls)
             raise DataError(f"class '{cls}' has no readable images (all {n_skipped} skipped)")
-    imgs = Images(str(root), classes, paths, np.asarray(labels, np.int32), x, shas, _thumbs(x), skipped)
+    imgs = Images(str(root), classes, paths, np.asarray(labels, np.int32), x, shas, _thumbs(np.stack(thumbs)),
+                  skipped)
     buf = io.BytesIO()
     np.savez(buf, x=imgs.x, labels=imgs.labels, thumbs=imgs.thumbs,
              meta=json.dumps({"paths": paths, "sha256": shas, "skipped": skipped}))

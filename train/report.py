@@ -16,6 +16,7 @@ import numpy as np
 from device.atomic import atomic_write_json
 from device.metrics import softmax, summarize
 from train import fit
+from train.calibrate import calibration_report
 from train.data import Splits
 from train.models import count_macs
 from train.plots import confusion_png, curves_png
@@ -49,13 +50,19 @@ def write_split(out: Path, splits: Splits, image_size: int) -> None:
 
 
 def evaluate(models: dict, splits: Splits, teacher_splits: Splits) -> dict:
-    """{name: params, MACs, input size, val and test summaries}; the teacher scores its own resolution's pixels."""
+    """{name: params, MACs, input size, val and test summaries}; the teacher scores its own resolution's pixels.
+    The students also get the temperature their device models will carry (train/calibrate.py)."""
     results = {}
     for name, model in models.items():
         s = teacher_splits if name == "teacher" else splits
         entry = {"params": int(model.count_params()), "macs": count_macs(model), "input_size": int(model.input_shape[1])}
+        logits = {}
         for split, images, idx in (("val", s.images, s.val), ("test", s.test_images, s.test)):
-            entry[split] = summarize(images.labels[idx], softmax(fit.predict_logits(model, images.x[idx])), s.classes)
+            logits[split] = fit.predict_logits(model, images.x[idx])
+            entry[split] = summarize(images.labels[idx], softmax(logits[split]), s.classes)
+        if name != "teacher":
+            entry["calibration"] = calibration_report(logits["val"], s.images.labels[s.val], logits["test"],
+                                                      s.test_images.labels[s.test])
         results[name] = entry
     return results
 
@@ -96,6 +103,11 @@ def summary_table(manifest) -> str:
     for name, r in manifest["results"].items():
         rows.append(f"| {name} | {r['params']:,} | {r['macs'] / 1e6:.1f} M | {r['val']['accuracy']:.2%} | "
                     f"{r['test']['accuracy']:.2%} | {r['test']['macro_f1']:.4f} | {r['train_seconds']:.0f} s |")
+    for name, r in manifest["results"].items():
+        if "calibration" in r:
+            c = r["calibration"]
+            rows.append(f"{name}: temperature {c['temperature']:.2f} (validation), test ECE {c['test_ece_before']:.2%}"
+                        f" -> {c['test_ece_after']:.2%}")
     g = manifest.get("kd_gain_test_accuracy")
     if g is not None:
         rows.append(f"\nKD gain (distilled - baseline, test accuracy): {g * 100:+.2f} points")

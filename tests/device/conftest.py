@@ -10,13 +10,23 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_int8.tflite"
 
 
+def _copy(src, tmp_path, name):
+    dst = tmp_path / name
+    shutil.copy(src, dst)
+    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    return dst
+
+
 @pytest.fixture
 def model(tmp_path):
-    """A private copy of the fixture model + sidecar (tests may tamper with it)."""
-    dst = tmp_path / "model.tflite"
-    shutil.copy(FIXTURE, dst)
-    shutil.copy(FIXTURE.with_suffix(".json"), dst.with_suffix(".json"))
-    return dst
+    """A private copy of the v1 fixture model + sidecar (tests may tamper with it): no OOD statistics."""
+    return _copy(FIXTURE, tmp_path, "model.tflite")
+
+
+@pytest.fixture
+def ood_model(tmp_path):
+    """Today's device model shape: contract v2, probabilities + features, OOD statistics in the sidecar."""
+    return _copy(FIXTURE.with_name("tiny_ood_int8.tflite"), tmp_path, "ood_model.tflite")
 
 
 def classify(*args, cwd=ROOT):

@@ -32,3 +32,23 @@ def test_bad_options_are_refused_before_loading(model, options, says):
 def test_a_bad_array_is_an_image_error(model):
     with pytest.raises(ImageError, match="2-D uint8"):
         Classifier(model).classify(np.zeros((8, 8, 3), np.float32))
+
+
+@pytest.mark.parametrize("contract", [1, 2])
+def test_the_device_frames_a_scan_by_the_contract_its_sidecar_names(model, tmp_path, contract):
+    import json
+
+    from device.preprocess import load_image
+
+    meta = json.loads(model.with_suffix(".json").read_text())
+    meta["preprocess"]["contract_version"] = contract
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    canvas = np.zeros((90, 160), np.uint8)
+    canvas[20:80, 10:60] = np.random.default_rng(1).integers(60, 255, (60, 50), dtype=np.uint8)  # an off-centre head
+    Image.fromarray(canvas).save(tmp_path / "scan.png")
+    clf = Classifier(model)
+    size = clf.size
+    own, other = load_image(tmp_path / "scan.png", size, contract), load_image(tmp_path / "scan.png", size, 3 - contract)
+    assert not np.array_equal(own, other)
+    assert np.array_equal(clf.probabilities(tmp_path / "scan.png"), clf.predict_pixels(own))
+    assert np.array_equal(clf.probabilities(canvas), clf.predict_pixels(own))

@@ -37,7 +37,8 @@ def test_json_and_csv_outputs_parse(model, tmp_path):
     rows = [json.loads(ln) for ln in out.splitlines()]
     assert code == 0 and len(rows) == 3
     for r in rows:
-        assert set(r) == {"path", "label", "probability", "probabilities", "latency_ms"}
+        assert set(r) == {"path", "label", "probability", "probabilities", "in_distribution", "ood_score", "latency_ms"}
+        assert r["in_distribution"] is None and r["ood_score"] is None  # this (v1) model has no OOD statistics
         assert abs(sum(r["probabilities"].values()) - 1) < 0.02 and r["label"] in r["probabilities"]
     code, out, _ = classify("--model", model, "--csv", d)
     table = list(csv.DictReader(io.StringIO(out)))

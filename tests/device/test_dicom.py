@@ -58,15 +58,16 @@ def test_bundled_mr_files_load_in_both_byte_orders():
 
 
 def test_window_rescale_and_monochrome1(tmp_path):
-    px = ramp(40, 40)  # square: no black padding mixes into the comparison
-    plain = load_image(make_dicom(tmp_path / "a.dcm", px, window=(500, 1000)), 40)
-    inverted = load_image(make_dicom(tmp_path / "b.dcm", px, photometric="MONOCHROME1", window=(500, 1000)), 40)
+    px = ramp(40, 40)  # square, framed by v1 (no head crop): only the pixel values are compared
+    plain = load_image(make_dicom(tmp_path / "a.dcm", px, window=(500, 1000)), 40, contract=1)
+    inverted = load_image(make_dicom(tmp_path / "b.dcm", px, photometric="MONOCHROME1", window=(500, 1000)), 40,
+                          contract=1)
     assert np.array_equal(plain, 255 - inverted)  # MONOCHROME1: low values are white
     # slope 2 / intercept -1000 with the window moved to match gives the same picture as no rescale
-    rescaled = load_image(make_dicom(tmp_path / "c.dcm", px, window=(0, 2000), rescale=(2, -1000)), 40)
+    rescaled = load_image(make_dicom(tmp_path / "c.dcm", px, window=(0, 2000), rescale=(2, -1000)), 40, contract=1)
     assert np.abs(rescaled.astype(int) - plain.astype(int)).max() <= 1
     # a narrow window saturates: everything above it is white
-    narrow = load_image(make_dicom(tmp_path / "d.dcm", px, window=(100, 50)), 40)
+    narrow = load_image(make_dicom(tmp_path / "d.dcm", px, window=(100, 50)), 40, contract=1)
     assert (narrow == 255).mean() > 0.5
 
 

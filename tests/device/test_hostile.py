@@ -90,7 +90,7 @@ def test_a_corrupt_model_with_a_matching_hash_is_one_line_not_a_crash(model, tmp
     ("sha256", 123, "'sha256' must be 64"),
     ("preprocess", {"contract_version": "1"}, "'preprocess.contract_version' must be an integer"),
     ("preprocess", {}, "'preprocess.contract_version' must be an integer"),
-    ("preprocess", {"contract_version": 2}, "built for preprocessing contract v2, this device code implements v1"),
+    ("preprocess", {"contract_version": 3}, "built for preprocessing contract v3, this device code implements v1, v2"),
 ])
 def test_a_sidecar_with_wrong_types_is_one_line_naming_the_field(model, tmp_path, field, value, says):
     meta = json.loads(model.with_suffix(".json").read_text())
@@ -190,14 +190,14 @@ def test_an_internal_error_exits_3_and_the_batch_goes_on(model, tmp_path, monkey
     from device import classify as cli
     from device.runtime import Classifier
 
-    real = Classifier.predict_scan
+    real = Classifier.assess
 
     def broken(self, path):
         if path.name == "bad.png":
             raise KeyError("bug")
         return real(self, path)
 
-    monkeypatch.setattr(Classifier, "predict_scan", broken)
+    monkeypatch.setattr(Classifier, "assess", broken)
     _scan(tmp_path / "bad.png")
     _scan(tmp_path / "good.png")
     assert cli.main(["--model", str(model), "--json", str(tmp_path)]) == 3

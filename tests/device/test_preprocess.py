@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device.preprocess import MAX_PIXELS, ImageError, load_image
+from device.preprocess import MAX_PIXELS, ImageError, head_box, largest_region_box, load_image
 
 
 def _scan(w=60, h=60):
@@ -34,10 +34,56 @@ def test_exif_rotation_is_applied(tmp_path):
     assert np.abs(load_image(tmp_path / "rot.jpg", 32).astype(int) - np.rot90(b)).mean() > 10
 
 
-def test_non_square_is_padded_not_stretched(tmp_path):
+def test_contract_v1_pads_a_non_square_image_instead_of_stretching(tmp_path):
     Image.fromarray(np.full((20, 40), 200, np.uint8)).save(tmp_path / "wide.png")
-    a = load_image(tmp_path / "wide.png", 40)
+    a = load_image(tmp_path / "wide.png", 40, contract=1)
     assert a[0].max() == 0 and a[-1].max() == 0 and a[20, 20] == 200
+
+
+def _head(w=120, h=150):
+    """An elliptical 'head' with smooth internal structure, filling its own w x h frame."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2 <= 1
+    return np.where(inside, 90 + 100 * xx / w + 50 * yy / h, 0).astype(np.uint8)
+
+
+def test_contract_v2_frames_the_head_whatever_the_canvas_text_or_noise(tmp_path):
+    head = _head()
+    Image.fromarray(np.pad(head, 8)).save(tmp_path / "tight.png")  # a scan framed closely around the head
+    canvas = np.random.default_rng(0).integers(0, 6, (420, 700)).astype(np.uint8)  # dark noise
+    canvas[200:350, 40:160] = head
+    canvas[10:30, 500:680] = 255          # a burnt-in text line, far from the head
+    canvas[400:405, 0:700] = 200          # a ruler along the bottom
+    Image.fromarray(canvas).save(tmp_path / "framed.png")
+    def framing(a):  # the head's share of the input and its centre (the box is found on a coarse thumbnail)
+        yy, xx = np.nonzero(a > 40)
+        return len(yy) / a.size, yy.mean(), xx.mean()
+
+    tight, framed = (framing(load_image(tmp_path / n, 64)) for n in ("tight.png", "framed.png"))
+    assert 0.65 < tight[0] < 0.85 and abs(framed[0] - tight[0]) < 0.08   # the head fills the input either way
+    assert abs(framed[1] - tight[1]) < 2 and abs(framed[2] - tight[2]) < 2
+    v1 = framing(load_image(tmp_path / "framed.png", 64, contract=1))
+    assert v1[0] < 0.15                         # v1 kept the canvas (and the text and the ruler)
+
+
+def test_head_box_falls_back_to_the_whole_image_when_there_is_no_head():
+    assert head_box(Image.new("L", (50, 40), 0)) is None
+    assert head_box(Image.new("L", (1, 1), 128)) == (0, 0, 1, 1)
+    speck = Image.new("L", (300, 300), 0)
+    speck.putpixel((5, 5), 255)
+    assert head_box(speck) is None     # a speck is not a head (below MIN_HEAD of the image)
+
+
+def test_largest_region_is_8_connected_and_picks_the_biggest():
+    m = np.zeros((10, 12), bool)
+    m[1:3, 1:3] = True
+    m[3, 3] = True                     # touches the first square only diagonally
+    m[6:9, 6:11] = True                # 15 pixels: the biggest
+    m[0, 11] = True
+    assert largest_region_box(m) == (6, 6, 11, 9, 15)
+    m[6:9, 6:11] = False
+    assert largest_region_box(m) == (1, 1, 4, 4, 5)
+    assert largest_region_box(np.zeros((4, 4), bool)) is None
 
 
 @pytest.mark.parametrize("kind", ["16bit", "rgba", "cmyk", "gif", "tiff"])
