@@ -30,6 +30,8 @@ class Member(NamedTuple):
 @dataclass
 class Config:
     # data
+    # one class-per-folder tree, or several separated by commas (each a source with its own validation and test
+    # split); a folder with only tumor/ and notumor/ is weakly labelled (docs/research.md, Q13)
     data: str = "data/synthetic/Training"
     test_data: str = ""            # a separate Testing/ folder; "" = hold out test_fraction of data
     image_size: int = 96           # student input side (pixels): 16 M MACs
@@ -95,6 +97,10 @@ class Config:
         return tuple(out)
 
     @property
+    def data_folders(self) -> list[str]:
+        return [p for p in str(self.data).split(",") if p]
+
+    @property
     def teacher_paths(self) -> list[str]:
         return [p for p in self.teacher.split(",") if p]
 
@@ -124,6 +130,9 @@ class Config:
                 and self.val_fraction + self.test_fraction < 1):
             raise ConfigError(f"--val-fraction {self.val_fraction:g} / --test-fraction {self.test_fraction:g}: "
                               f"want fractions that leave a training split")
+        if len(self.data_folders) > 1 and (self.test_data or self.kd_loss != "hinton"):
+            raise ConfigError("several --data folders: each gets its own test split (no --test-data), and the "
+                              "weak labels of a tumor/notumor folder work with --kd-loss hinton only")
         if not 0 < self.student_width <= 4:
             raise ConfigError(f"--student-width {self.student_width:g}: want a channel multiplier in (0, 4]")
 

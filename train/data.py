@@ -24,6 +24,10 @@ from device.atomic import atomic_write_bytes, atomic_write_json
 from device.preprocess import CONTRACT_VERSION, ImageError, is_image_path, load_image
 
 THUMB = 16  # near-duplicate thumbnails are THUMB x THUMB grey levels
+# A folder whose only classes are these is weakly labelled: tumour or not, the type unknown. Its "tumor" images
+# get the label len(classes) (WEAK); its "notumor" images are ordinary no-tumour images.
+NO_TUMOUR = "notumor"
+WEAK_CLASSES = [NO_TUMOUR, "tumor"]
 
 
 class DataError(ValueError):
@@ -66,6 +70,42 @@ class Images:
     thumbs: np.ndarray      # (N, THUMB*THUMB) float32
     skipped: list[dict] = field(default_factory=list)
     cache_hit: bool = False
+    source: np.ndarray | None = None          # index into `sources`, per image (several --data folders)
+    sources: list[str] = field(default_factory=list)
+    weak_sources: list[str] = field(default_factory=list)
+
+    @property
+    def weak_label(self) -> int:
+        """The label of a tumour of unknown type (only weakly labelled folders have it)."""
+        return len(self.classes)
+
+
+def load_sources(folders: list[str], size: int, cache_dir="artifacts/cache") -> Images:
+    """One folder, or several combined: each a source of its own, fully labelled (the same classes in each) or
+    weakly labelled (only tumor/ and notumor/)."""
+    parts = [load_folder(f, size, cache_dir) for f in folders]
+    if len(parts) == 1:
+        return dataclasses.replace(parts[0], source=np.zeros(len(parts[0].labels), np.int32), sources=folders)
+    full = [p for p in parts if p.classes != WEAK_CLASSES]
+    if not full:
+        raise DataError(f"--data {','.join(folders)}: at least one folder needs the full class labels")
+    classes = full[0].classes
+    for p in full[1:]:
+        if p.classes != classes:
+            raise DataError(f"{p.root} has classes {p.classes}, {full[0].root} has {classes}: fully labelled "
+                            f"folders must have the same class folders")
+    weak = [p for p in parts if p.classes == WEAK_CLASSES]
+    if weak and NO_TUMOUR not in classes:
+        raise DataError(f"weakly labelled folders (tumor/, notumor/) need a '{NO_TUMOUR}' class in {classes}")
+    labels = [p.labels if p.classes == classes else
+              np.where(p.labels == WEAK_CLASSES.index("tumor"), len(classes), classes.index(NO_TUMOUR))
+              for p in parts]
+    return Images(",".join(folders), classes, sum((p.paths for p in parts), []),
+                  np.concatenate(labels).astype(np.int32), np.concatenate([p.x for p in parts]),
+                  sum((p.sha256 for p in parts), []), np.concatenate([p.thumbs for p in parts]),
+                  sum((p.skipped for p in parts), []), all(p.cache_hit for p in parts),
+                  np.concatenate([np.full(len(p.labels), i, np.int32) for i, p in enumerate(parts)]),
+                  list(folders), [p.root for p in weak])
 
 
 def load_folder(root, size: int, cache_dir="artifacts/cache") -> Images:
@@ -181,7 +221,7 @@ class Splits:
         """The same files, split and order, decoded at another size (the teacher's)."""
         if size == self.images.x.shape[1]:
             return self
-        imgs = load_folder(cfg.data, size, cfg.cache_dir)
+        imgs = load_sources(cfg.data_folders, size, cfg.cache_dir)
         timgs = load_folder(cfg.test_data, size, cfg.cache_dir) if cfg.test_data else imgs
         return dataclasses.replace(self, images=imgs, test_images=timgs)
 
@@ -190,16 +230,18 @@ def prepare(cfg, size: int | None = None, log=print) -> Splits:
     """Load, split and leakage-check according to a train.config.Config."""
     size = size or cfg.image_size
     t0 = time.time()
-    imgs = load_folder(cfg.data, size, cfg.cache_dir)
+    imgs = load_sources(cfg.data_folders, size, cfg.cache_dir)
+    # Split per source and class: every source has its own validation and test images.
+    strata = imgs.source * (imgs.weak_label + 1) + imgs.labels
     if cfg.test_data:
         test_imgs = load_folder(cfg.test_data, size, cfg.cache_dir)
         if test_imgs.classes != imgs.classes:
             raise DataError(f"test classes {test_imgs.classes} differ from training classes {imgs.classes}")
-        train, val = stratified_split(imgs.labels, [cfg.val_fraction], cfg.split_seed)
+        train, val = stratified_split(strata, [cfg.val_fraction], cfg.split_seed)
         test = np.arange(len(test_imgs.labels))
     else:
         test_imgs = imgs
-        train, val, test = stratified_split(imgs.labels, [cfg.val_fraction, cfg.test_fraction], cfg.split_seed)
+        train, val, test = stratified_split(strata, [cfg.val_fraction, cfg.test_fraction], cfg.split_seed)
     # Leakage: evaluation images identical or near-identical to a training image.
     leaks = {}
     train_sha = {imgs.sha256[i] for i in train}
@@ -215,7 +257,8 @@ def prepare(cfg, size: int | None = None, log=print) -> Splits:
             else:
                 test = idx[~near]
     groups = exact_duplicate_groups(imgs.sha256)
-    counts = {c: int((imgs.labels == i).sum()) for i, c in enumerate(imgs.classes)}
+    names = imgs.classes + (["tumor (type unknown)"] if imgs.weak_sources else [])
+    counts = {c: int((imgs.labels == i).sum()) for i, c in enumerate(names)}
     report = {
         "data": str(cfg.data), "test_data": str(cfg.test_data), "image_size": size,
         "preprocess_contract": CONTRACT_VERSION, "classes": imgs.classes, "count_per_class": counts,
@@ -224,7 +267,9 @@ def prepare(cfg, size: int | None = None, log=print) -> Splits:
         "near_duplicate_pairs": near_duplicate_pairs(imgs.thumbs, cfg.near_dup_threshold),
         "near_dup_threshold": cfg.near_dup_threshold,
         "leakage": leaks, "keep_leaks": cfg.keep_leaks,
-        "split": {n: {c: int((lab == i).sum()) for i, c in enumerate(imgs.classes)}
+        "sources": [{"folder": f, "weak": f in imgs.weak_sources, "images": int((imgs.source == k).sum())}
+                    for k, f in enumerate(imgs.sources)],
+        "split": {n: {c: int((lab == i).sum()) for i, c in enumerate(names)}
                   for n, lab in (("train", imgs.labels[train]), ("val", imgs.labels[val]),
                                  ("test", test_imgs.labels[test]))},
         "seed": cfg.split_seed, "cache_hit": imgs.cache_hit, "seconds": round(time.time() - t0, 1),
@@ -236,6 +281,9 @@ def format_report(r: dict) -> str:
     lines = [f"data: {r['data']}  ({r['total']} images, {len(r['classes'])} classes, {r['image_size']}px, "
              f"cache {'hit' if r['cache_hit'] else 'built'}, {r['seconds']}s)"]
     lines.append("per class: " + ", ".join(f"{c} {n}" for c, n in r["count_per_class"].items()))
+    if len(r.get("sources", [])) > 1:
+        kind = {True: "weak: tumour / no tumour", False: "full labels"}
+        lines.append("sources: " + ", ".join(f"{x['folder']} {x['images']} ({kind[x['weak']]})" for x in r["sources"]))
     lines.append(f"skipped: {len(r['skipped'])}")
     for s in r["skipped"]:
         lines.append(f"  - {s['path']}: {s['reason']}")

@@ -23,6 +23,10 @@ Two ways to get the teacher's logits:
 - consistent: the dataset yields labels only and the teacher runs on the very
   same augmented batch the student sees (Beyer et al. 2022).
 alpha = 1 with no teacher is the no-KD baseline: same loop, same budget.
+
+Weak labels (a scan known to show a tumour of unknown type, label = number of classes): the hard-label term is
+-log P(tumour) = -log(1 - P(notumor)); the soft targets still say which type, so distillation supplies what the
+label lacks.
 """
 from __future__ import annotations
 
@@ -54,11 +58,24 @@ def decoupled_kl(labels, student_logits, teacher_logits, temperature: float):
     return tckd, nckd
 
 
+def hard_loss(labels, logits, no_tumour: int | None = None):
+    """Cross-entropy on the labels; a weak label (= number of classes) scores -log P(any tumour class)."""
+    if no_tumour is None:
+        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    n = ops.shape(logits)[-1]
+    labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+    weak = ops.equal(labels, n)
+    ce = keras.losses.sparse_categorical_crossentropy(ops.where(weak, no_tumour, labels), logits, from_logits=True)
+    log_p = ops.log_softmax(logits, axis=-1)
+    log_tumour = ops.logsumexp(log_p - 1e9 * ops.one_hot(no_tumour, n, dtype=log_p.dtype), axis=-1)
+    return ops.where(weak, -log_tumour, ce)
+
+
 def distillation_loss(labels, student_logits, teacher_logits, temperature: float, alpha: float,
-                      beta: float | None = None):
+                      beta: float | None = None, no_tumour: int | None = None):
     """Per-example loss, shape (batch,), for class-id labels. beta None: Hinton KD; a number: DKD, NCKD weighted
-    by beta."""
-    ce = keras.losses.sparse_categorical_crossentropy(labels, student_logits, from_logits=True)
+    by beta. no_tumour: the no-tumour class, when some labels are weak (see hard_loss)."""
+    ce = hard_loss(labels, student_logits, no_tumour)
     if teacher_logits is None or alpha >= 1.0:
         return ce
     t = float(temperature)
@@ -74,7 +91,8 @@ class Distiller(keras.Model):
     """A frozen teacher (optional) and a trainable student; `call` is the student."""
 
     def __init__(self, student: keras.Model, teacher: keras.Model | None = None,
-                 temperature: float = 4.0, alpha: float = 0.3, beta: float | None = None, **kwargs):
+                 temperature: float = 4.0, alpha: float = 0.3, beta: float | None = None,
+                 no_tumour: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
@@ -83,6 +101,7 @@ class Distiller(keras.Model):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.beta = None if beta is None else float(beta)
+        self.no_tumour = no_tumour
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def call(self, x, training=False):
@@ -97,7 +116,8 @@ class Distiller(keras.Model):
             teacher_logits = self.teacher(x, training=False) if use else None
         if not training:
             teacher_logits = None  # validation loss = the student's own CE, comparable across runs
-        per_example = distillation_loss(labels, y_pred, teacher_logits, self.temperature, self.alpha, self.beta)
+        per_example = distillation_loss(labels, y_pred, teacher_logits, self.temperature, self.alpha, self.beta,
+                                        self.no_tumour)
         if sample_weight is not None:
             per_example = per_example * ops.cast(sample_weight, per_example.dtype)
         loss = ops.mean(per_example)

@@ -31,6 +31,7 @@ class TrainSet:
     w: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+    no_tumour: int | None = None   # set when some labels are a weak "tumour, type unknown" (= number of classes)
 
 
 def make_strategy(name: str):
@@ -137,7 +138,7 @@ def fit_student(student, data: TrainSet, cfg, *, teacher=None, soft_targets=None
         if teacher is not None and teacher.input_shape[1] != size:
             teacher = resized_teacher(teacher, size, teacher.input_shape[1])
         beta = cfg.dkd_beta if cfg.kd_loss == "dkd" else None
-        distiller = Distiller(student, teacher, cfg.temperature, alpha, beta)
+        distiller = Distiller(student, teacher, cfg.temperature, alpha, beta, no_tumour=data.no_tumour)
         distiller.compile(optimizer=keras.optimizers.AdamW(schedule(cfg.student_lr, cfg.student_epochs, steps),
                                                            weight_decay=cfg.weight_decay), jit_compile=False)
         distiller(np.zeros((1, size, size, 1), np.float32))  # BackupAndRestore needs a built model

@@ -17,7 +17,7 @@ from device.atomic import atomic_write_json
 from device.metrics import softmax, summarize
 from train import fit
 from train.calibrate import calibration_report
-from train.data import Splits
+from train.data import NO_TUMOUR, Splits
 from train.models import count_macs
 from train.plots import confusion_png, curves_png
 
@@ -40,13 +40,40 @@ def versions() -> dict:
 
 
 def write_split(out: Path, splits: Splits, image_size: int) -> None:
-    """The run's file lists: what calibration draws from (train) and what parity and bench score (test)."""
-    imgs, timgs = splits.images, splits.test_images
+    """The run's file lists: what calibration draws from (train) and what parity and bench score (test), all with
+    full labels (the class is the parent folder's name); weakly labelled files are listed apart, per split."""
+    imgs, timgs, n = splits.images, splits.test_images, len(splits.classes)
+    lists = {name: [src.paths[i] for i in idx if src.labels[i] < n]
+             for name, src, idx in (("train", imgs, splits.train), ("val", imgs, splits.val),
+                                    ("test", timgs, splits.test))}
+    weak = {name: [src.paths[i] for i in idx if src.labels[i] >= n]
+            for name, src, idx in (("train", imgs, splits.train), ("val", imgs, splits.val),
+                                   ("test", timgs, splits.test))}
     atomic_write_json(out / "data_report.json", splits.report)
-    atomic_write_json(out / "split.json", {
-        "classes": splits.classes, "image_size": image_size,
-        "train": [imgs.paths[i] for i in splits.train], "val": [imgs.paths[i] for i in splits.val],
-        "test": [timgs.paths[i] for i in splits.test]})
+    atomic_write_json(out / "split.json", {"classes": splits.classes, "image_size": image_size, **lists,
+                                           **({"weak_tumour": weak} if imgs.weak_sources else {})})
+
+
+def tumour_calls(labels, probs, classes) -> dict:
+    """Tumour (any tumour class) vs no tumour: the figures a weakly labelled source can have."""
+    no = classes.index(NO_TUMOUR)
+    tumour, called = np.asarray(labels) != no, np.asarray(probs).argmax(1) != no
+    sens = float(called[tumour].mean()) if tumour.any() else None
+    spec = float((~called)[~tumour].mean()) if (~tumour).any() else None
+    return {"n": int(len(tumour)), "sensitivity": sens, "specificity": spec}
+
+
+def by_source(model, s: Splits, split: str, logits) -> dict:
+    """Per --data folder: 4-class summary on its fully labelled images, tumour calls on all of them."""
+    images, idx = (s.images, s.val) if split == "val" else (s.test_images, s.test)
+    out = {}
+    for k, folder in enumerate(images.sources):
+        m = images.source[idx] == k
+        labels, probs = images.labels[idx][m], softmax(logits[m])
+        full = labels < len(s.classes)
+        out[folder] = {"tumour_calls": tumour_calls(labels, probs, s.classes) if NO_TUMOUR in s.classes else None,
+                       "accuracy": float((probs[full].argmax(1) == labels[full]).mean()) if full.any() else None}
+    return out
 
 
 def evaluate(models: dict, splits: Splits, teacher_splits: Splits) -> dict:
@@ -56,13 +83,16 @@ def evaluate(models: dict, splits: Splits, teacher_splits: Splits) -> dict:
     for name, model in models.items():
         s = teacher_splits if name == "teacher" else splits
         entry = {"params": int(model.count_params()), "macs": count_macs(model), "input_size": int(model.input_shape[1])}
-        logits = {}
+        logits, labels = {}, {}
         for split, images, idx in (("val", s.images, s.val), ("test", s.test_images, s.test)):
-            logits[split] = fit.predict_logits(model, images.x[idx])
-            entry[split] = summarize(images.labels[idx], softmax(logits[split]), s.classes)
+            z = fit.predict_logits(model, images.x[idx])
+            if images.weak_sources:
+                entry.setdefault("by_source", {})[split] = by_source(model, s, split, z)
+            full = images.labels[idx] < len(s.classes)     # the 4-class figures: fully labelled images
+            logits[split], labels[split] = z[full], images.labels[idx][full]
+            entry[split] = summarize(labels[split], softmax(logits[split]), s.classes)
         if name != "teacher":
-            entry["calibration"] = calibration_report(logits["val"], s.images.labels[s.val], logits["test"],
-                                                      s.test_images.labels[s.test])
+            entry["calibration"] = calibration_report(logits["val"], labels["val"], logits["test"], labels["test"])
         results[name] = entry
     return results
 
@@ -97,6 +127,10 @@ def write(out: Path, cfg, splits: Splits, results: dict, seconds: dict, epoch_se
     return manifest
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
 def summary_table(manifest) -> str:
     rows = ["| model | params | MACs | val acc | test acc | test macro-F1 | train time |",
             "|---|---:|---:|---:|---:|---:|---:|"]
@@ -108,6 +142,11 @@ def summary_table(manifest) -> str:
             c = r["calibration"]
             rows.append(f"{name}: temperature {c['temperature']:.2f} (validation), test ECE {c['test_ece_before']:.2%}"
                         f" -> {c['test_ece_after']:.2%}")
+    for name, r in manifest["results"].items():
+        for folder, x in r.get("by_source", {}).get("test", {}).items():
+            t = x["tumour_calls"] or {}
+            rows.append(f"{name} on {folder} (test): accuracy {_pct(x['accuracy'])}, tumour sensitivity "
+                        f"{_pct(t.get('sensitivity'))}, specificity {_pct(t.get('specificity'))}")
     g = manifest.get("kd_gain_test_accuracy")
     if g is not None:
         rows.append(f"\nKD gain (distilled - baseline, test accuracy): {g * 100:+.2f} points")

@@ -58,7 +58,8 @@ def run(cfg: Config) -> int:
     else:
         t_splits = splits.at_size(cfg, cfg.teacher_size or cfg.image_size)
         train_teacher = teacher.train_members if cfg.teacher_recipe == "ensemble" else teacher.train_efficientnet
-        teacher_model = train_teacher(cfg, student.train_set(t_splits, cfg), n_classes, out, strategy, epochs)
+        teacher_model = train_teacher(cfg, student.train_set(t_splits, cfg, full_labels_only=True), n_classes, out,
+                                      strategy, epochs)
         teacher_files = [out / "teacher.keras"]
         fit.save_model(teacher_model, teacher_files[0])
     seconds["teacher"] = time.time() - t0
@@ -79,7 +80,8 @@ def run(cfg: Config) -> int:
     # ---- evaluation and report
     results = report.evaluate(models, splits, t_splits)
     if soft is not None:  # how well the soft targets classify the training images (~100% when memorised)
-        results["teacher"]["cached_logits"] = {"train_accuracy": float(np.mean(soft.argmax(1) == data.y))}
+        full = data.y < n_classes
+        results["teacher"]["cached_logits"] = {"train_accuracy": float(np.mean(soft[full].argmax(1) == data.y[full]))}
     if cfg.teacher_recipe == "ensemble" and not cfg.teacher and len(cfg.members) > 1:
         results["teacher"]["members"] = report.score_members(
             [out / f"teacher_member{i}.keras" for i in range(len(cfg.members))], cfg, t_splits)

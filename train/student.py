@@ -10,6 +10,7 @@ import numpy as np
 
 from train import fit
 from train.config import Config
+from train.data import NO_TUMOUR
 from train.models import build_student
 
 
@@ -18,16 +19,24 @@ def _log(msg):
 
 
 def class_weights(labels, n) -> np.ndarray:
-    counts = np.bincount(labels, minlength=n).astype(np.float64)
-    return (len(labels) / (n * np.maximum(counts, 1))).astype(np.float32)
+    """Balanced weights for labels 0..n-1 (a weakly labelled tumour, label n, counts as a group of its own)."""
+    present = np.unique(labels)
+    counts = np.bincount(labels, minlength=n + 1).astype(np.float64)
+    return (len(labels) / (len(present) * np.maximum(counts, 1))).astype(np.float32)
 
 
-def train_set(splits, cfg: Config) -> fit.TrainSet:
-    """A split's training arrays (class-balanced sample weights unless --no-class-balance) and validation arrays."""
+def train_set(splits, cfg: Config, full_labels_only: bool = False) -> fit.TrainSet:
+    """A split's training arrays (class-balanced sample weights unless --no-class-balance) and validation arrays.
+    full_labels_only: without the weakly labelled tumours (the teacher learns the tumour types from full labels)."""
     imgs, n = splits.images, len(splits.classes)
-    y = imgs.labels[splits.train]
+    train, val = splits.train, splits.val
+    if full_labels_only:
+        train, val = train[imgs.labels[train] < n], val[imgs.labels[val] < n]
+    y = imgs.labels[train]
     w = class_weights(y, n)[y] if cfg.class_balance else np.ones(len(y), np.float32)
-    return fit.TrainSet(imgs.x[splits.train], y, w, imgs.x[splits.val], imgs.labels[splits.val])
+    weak = imgs.weak_sources and not full_labels_only
+    return fit.TrainSet(imgs.x[train], y, w, imgs.x[val], imgs.labels[val],
+                        imgs.classes.index(NO_TUMOUR) if weak else None)
 
 
 def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, teacher, soft_targets, out: Path, strategy,
