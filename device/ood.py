@@ -3,7 +3,7 @@
 The model has a second output, the pooled features its last layer classifies. At conversion, the features of
 the training split give one mean per class and a shared covariance (Lee et al. 2018, "A simple unified framework
 for detecting out-of-distribution samples"); the sidecar stores the whitening transform and the whitened means.
-A scan's score is its distance to the nearest class mean, divided by the distance that keeps `keep` (95%) of
+A scan's score is its distance to the nearest class mean, divided by the distance that keeps `keep` (97%) of
 the validation split: a score above 1 means "unlike the training data". Plain numpy, fitted and applied here so
 the two cannot drift apart.
 """
@@ -15,7 +15,9 @@ import numpy as np
 
 METHOD = "mahalanobis-shared-covariance"
 SHRINK = 0.1       # covariance shrinkage towards its mean variance: 4 classes x 256 features need it to invert
-KEEP = 0.95        # share of in-distribution (validation) images whose score is <= 1
+# Share of the validation split whose score is <= 1. Higher than the 95% a user expects to keep on new
+# in-distribution scans: a quantile from ~400 validation images is uncertain by about +-1 point.
+KEEP = 0.97
 
 
 def pack(a: np.ndarray) -> str:
