@@ -49,7 +49,7 @@ def calibration_line(meta, parity) -> str:
             f"{t['test_ece_after']:.2%} after (float), int8 {parity['int8']['ece']:.2%}.")
 
 
-def model_card(manifest, parity, meta, bench=None, external=None) -> str:
+def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> str:
     d, res = manifest["data_report"], manifest["results"]
     ed, leak = d["exact_duplicates"], d["leakage"]
     counts = ", ".join(f"{c} {n:,}" for c, n in d["count_per_class"].items())
@@ -123,6 +123,13 @@ def model_card(manifest, parity, meta, bench=None, external=None) -> str:
               f"training split (Mahalanobis, shared covariance); the threshold keeps {o['keep']:.0%} of the "
               f"validation split. On the held-out test split `--reject-ood` answers {pct(rej.get('answered'))}, "
               f"accuracy on those {pct(rej.get('accuracy_answered'))}."]
+    for v, p in (also or {}).items():
+        L += ["", f"## Also shipped: `{v}.tflite`",
+              f"The run's {'teacher, ' + teacher_name(manifest) if v.startswith('teacher') else v}, in full int8 "
+              f"({p['n']} held-out images: accuracy {pct(p['int8']['accuracy'])}, agreement with its float model "
+              f"{p['agreement_percent']:.2f}%). Larger and slower than the student (see the speed table), but "
+              f"markedly better on scans from other sources (see that table): `python -m device.classify --model "
+              f"device/models/{v}.tflite scans/`. It has no OOD statistics."]
     if external:
         L += ["", "## Scans from other sources (evaluation only)", "", external]
     if bench:
@@ -143,6 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", default=RUN_DIR)
     p.add_argument("--model", default="student_int8", help="int8 variant of the run to ship (e.g. baseline_int8)")
     p.add_argument("--dest", default=str(ROOT / "device" / "models"))
+    p.add_argument("--also", default="", help="more int8 variants of the run to ship beside it, under their own "
+                                              "names (e.g. teacher_int8: the big model, for scans from elsewhere)")
     a = p.parse_args(argv)
     run, dest = Path(a.run), Path(a.dest)
     try:
@@ -153,8 +162,16 @@ def main(argv=None) -> int:
     except (ModelError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not parity.get("passed"):
-        print(f"error: {run} failed its parity gate: {parity.get('failures')}", file=sys.stderr)
+    also = {}
+    try:
+        for v in filter(None, a.also.split(",")):
+            also[v] = (read_metadata(run / f"{v}.tflite"), json.loads((run / f"parity_{v}.json").read_text()))
+    except (ModelError, FileNotFoundError) as e:
+        print(f"error: --also: {e}", file=sys.stderr)
+        return 2
+    failed = [name for name, p in [(a.model, parity)] + [(v, x[1]) for v, x in also.items()] if not p.get("passed")]
+    if failed:
+        print(f"error: {', '.join(failed)} of {run} failed the parity gate", file=sys.stderr)
         return 1
     bench_md = run / "bench" / "results.md"
     bench = bench_md.read_text() if bench_md.is_file() else None
@@ -163,7 +180,16 @@ def main(argv=None) -> int:
     # Always installed under the name the device loads by default.
     atomic_write_bytes(dest / "student_int8.tflite", (run / f"{a.model}.tflite").read_bytes())
     atomic_write_json(dest / "student_int8.json", meta)
-    atomic_write_bytes(dest / "MODEL_CARD.md", model_card(manifest, parity, meta, bench, external).encode())
+    for v, (m, _) in also.items():
+        atomic_write_bytes(dest / f"{v}.tflite", (run / f"{v}.tflite").read_bytes())
+        atomic_write_json(dest / f"{v}.json", m)
+        read_metadata(dest / f"{v}.tflite")
+    for old in dest.glob("*.tflite"):  # a model of an earlier release that this one does not ship
+        if old.stem != "student_int8" and old.stem not in also:
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
+    card = model_card(manifest, parity, meta, bench, external, {v: x[1] for v, x in also.items()})
+    atomic_write_bytes(dest / "MODEL_CARD.md", card.encode())
     read_metadata(dest / "student_int8.tflite")  # the shipped pair verifies
     print(f"shipped {run}/{a.model}.tflite -> {dest}/student_int8.tflite (with .json, MODEL_CARD.md)")
     return 0

@@ -150,3 +150,20 @@ def test_the_shipped_int8_student_carries_temperature_and_ood_statistics(convert
     split = calibration.read_split(run)
     answered = np.mean([clf.assess(p).in_distribution for p in split["test"]])
     assert answered > 0.75                                # the threshold keeps 95% of validation
+
+
+def test_ship_installs_the_verified_pair_and_its_card_and_drops_stale_models(converted, tmp_path):
+    from convert.ship import main as ship_main
+
+    run, _ = converted
+    assert parity_main(["--run", str(run), "--min-agreement", "90", "--max-drop", "5"]) == 0
+    dest = tmp_path / "models"
+    dest.mkdir()
+    (dest / "old_int8.tflite").write_bytes(b"stale")
+    (dest / "old_int8.json").write_text("{}")
+    assert ship_main(["--run", str(run), "--dest", str(dest)]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["MODEL_CARD.md", "student_int8.json", "student_int8.tflite"]
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "Not a medical device" in card and "Scans unlike the training images" in card and "temperature" in card
+    read_metadata(dest / "student_int8.tflite")
+    assert ship_main(["--run", str(run), "--dest", str(dest), "--also", "teacher_int8"]) == 2  # not converted
