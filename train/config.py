@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 RUN_DIR = "artifacts/synthetic"   # the run folder every stage CLI defaults to (`make all` writes it)
-AUGMENT_LEVELS = ("none", "flip", "geo", "scanner")
+AUGMENT_LEVELS = ("none", "flip", "geo")
 
 
 class ConfigError(ValueError):

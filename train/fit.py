@@ -56,15 +56,6 @@ def augmenter(level: str, seed: int) -> keras.Sequential | None:
         layers += [keras.layers.RandomRotation(0.04, fill_mode="constant", seed=seed + 1),
                    keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
                    keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 3)]
-    if level == "scanner":
-        # Another scanner's look: framing and aspect (zoom per axis), brightness and contrast. Label-preserving
-        # only for a teacher that scores the same view (consistent teaching: the student matches the teacher's
-        # function on images unlike the training set, Beyer et al. 2022); too strong for hard labels alone.
-        layers += [keras.layers.RandomRotation(0.05, fill_mode="constant", seed=seed + 1),
-                   keras.layers.RandomZoom((-0.25, 0.15), (-0.25, 0.15), fill_mode="constant", seed=seed + 2),
-                   keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 3),
-                   keras.layers.RandomBrightness(0.25, value_range=(0, 255), seed=seed + 4),
-                   keras.layers.RandomContrast(0.4, seed=seed + 5)]
     return keras.Sequential(layers, name="augment")
 
 
