@@ -83,4 +83,4 @@ clean:
 	rm -rf artifacts data
 
 ship: $(VENV)/.stamp
-	$(PY) -m convert.ship --run $(OUT)
+	$(PY) -m convert.ship --run $(OUT) $(ARGS)

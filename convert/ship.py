@@ -100,7 +100,8 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
         f"{res['baseline']['test']['macro_f1']:.4f} |" if "baseline" in res else "",
         f"| student, distilled (Keras float) | {pct(res['student']['test']['accuracy'])} | "
         f"{res['student']['test']['macro_f1']:.4f} |",
-        f"| **{parity['float_model']}, int8 (this file)** | **{pct(parity['int8']['accuracy'])}** | "
+        f"| **{'student, distilled' if parity['float_model'] == 'student' else 'student, no distillation'}, int8 "
+        f"(this file)** | **{pct(parity['int8']['accuracy'])}** | "
         f"**{parity['int8']['macro_f1']:.4f}** |", "",
         "Per-class recall (int8): " + ", ".join(f"{c} {pct(v)}" for c, v in parity["int8"]["per_class_recall"].items())
         + ".", "",
@@ -131,7 +132,8 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
               f"markedly better on scans from other sources (see that table): `python -m device.classify --model "
               f"device/models/{v}.tflite scans/`. It has no OOD statistics."]
     if external:
-        L += ["", "## Scans from other sources (evaluation only)", "", external]
+        L += ["", "## Scans from other sources (evaluation only)", "",
+              f"This file is the run's `{meta['run'].get('variant', 'student_int8')}` in the table.", "", external]
     if bench:
         L += ["", "## Speed and size", "", bench]
     L += ["", "## Limitations",
