@@ -172,7 +172,8 @@ class Classifier:
         self.input_dtype = np.dtype(inp["dtype"])
         self.input_quant = tuple(inp["quantization"])
         self.size = int(inp["shape"][1])
-        n_labels = len(self.meta["labels"]) if self.meta is not None else int(outputs[0]["shape"][-1])
+        widths = [int(o["shape"][-1]) for o in outputs]
+        n_labels = len(self.meta["labels"]) if self.meta is not None else min(widths)  # probabilities: narrowest
         # Outputs are told apart by width (the converter does not keep their order): the class probabilities,
         # and for models with OOD statistics the pooled features those were fitted on.
         probs = [o for o in outputs if int(o["shape"][-1]) == n_labels]
