@@ -65,7 +65,7 @@ class Config:
     student_dropout: float = 0.2
     # distillation
     temperature: float = 4.0
-    alpha: float = 0.3             # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
+    alpha: float = 0.6             # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
     kd_loss: str = "hinton"        # hinton | dkd (decoupled KD, Zhao et al. 2022; see train/distill.py)
     dkd_beta: float = 2.0          # DKD's weight of the wrong classes' term
     teacher_mode: str = "cache"    # cache (teacher logits once) | consistent (teacher on every augmented batch)
@@ -138,7 +138,7 @@ class Config:
 
 
 # The from-scratch CNN ensemble teacher, with the schedule it was tuned with (the default before lite0).
-ENSEMBLE = dict(teacher_recipe="ensemble", teacher_epochs=14, teacher_lr=3e-3)
+ENSEMBLE = dict(teacher_recipe="ensemble", teacher_epochs=14, teacher_lr=3e-3, alpha=0.3)
 
 PRESETS = {
     # Embedded default: synthetic phantoms (800 training images), small images, a few minutes on 2 cores. It keeps
