@@ -68,10 +68,13 @@ def evaluate(model: Path, groups: dict[str, list[tuple[str, str]]], pixels) -> d
     for name, items in groups.items():
         decoded = [(pixels(p, clf.size, clf.contract), lab) for p, lab in items]
         rows = [(clf.assess_pixels(x), lab) for x, lab in decoded if x is not None]  # unreadable files: left out
+        if not rows:
+            out[name] = {"n": 0, "unreadable": len(items)}
+            continue
         probs = np.stack([a.probabilities for a, _ in rows])
         truth = np.array([clf.labels.index(lab) for _, lab in rows])
         ood = np.array([not a.in_distribution for a, _ in rows]) if clf.ood is not None else None
-        out[name] = score(clf.labels, truth, probs, ood)
+        out[name] = score(clf.labels, truth, probs, ood) | {"unreadable": len(items) - len(rows)}
     return out
 
 
@@ -135,6 +138,8 @@ def to_markdown(r: dict) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m, per in r["models"].items():
         for src, s in per.items():
+            if not s["n"]:
+                continue
             rej = s.get("reject_ood", {})
             lines.append(f"| {m} | {src} | {s['n']:,} | {_pct(s['sensitivity'])} | {_pct(s['specificity'])} | "
                          f"{_pct(s['balanced_accuracy'])} | {_pct(s.get('ood_rate'))} | {_pct(rej.get('answered'))} | "
@@ -142,7 +147,7 @@ def to_markdown(r: dict) -> str:
     first = next(iter(r["models"].values()), {})
     lines += ["", "Labels the first model gives (rows: true class per source):", ""]
     for src, s in first.items():
-        for truth, given in s["labels_given"].items():
+        for truth, given in s.get("labels_given", {}).items():
             lines.append(f"- {src}, {truth}: " + ", ".join(f"{k} {v:,}" for k, v in given.items() if v))
     return "\n".join(lines) + "\n"
 

@@ -167,3 +167,26 @@ def test_ship_installs_the_verified_pair_and_its_card_and_drops_stale_models(con
     assert "Not a medical device" in card and "Scans unlike the training images" in card and "temperature" in card
     read_metadata(dest / "student_int8.tflite")
     assert ship_main(["--run", str(run), "--dest", str(dest), "--also", "teacher_int8"]) == 2  # not converted
+
+
+def test_external_evaluation_reports_each_source_tumour_calls_and_the_ood_flag(converted, phantoms, tmp_path):
+    from bench.external import main as external_main
+
+    run, _ = converted
+    ext = tmp_path / "elsewhere"
+    for cls in ("glioma", "notumor"):
+        (ext / cls).mkdir(parents=True)
+        for i, f in enumerate(sorted((phantoms / "Testing" / cls).glob("*.jpg"))[:6]):
+            shutil.copy(f, ext / cls / f"{'siteA' if i % 2 else 'siteB'}__{f.name}")
+    (ext / "notumor" / "broken.jpg").write_bytes(b"not an image")   # unreadable: left out, not fatal
+    assert external_main(["--run", str(run), "--data", str(ext), "--models", "student_int8"]) == 0
+    r = json.loads((run / "bench" / "external.json").read_text())["models"]["student_int8"]
+    assert set(r) == {"in-distribution test split", "siteA", "siteB", "all"}
+    assert r["all"] == {"n": 0, "unreadable": 1}                     # the broken file, with no source prefix
+    for src in ("siteA", "siteB"):
+        s = r[src]
+        assert s["n"] == 6 and s["tumour"] == 3 and s["no_tumour"] == 3
+        assert 0 <= s["sensitivity"] <= 1 and 0 <= s["specificity"] <= 1 and 0 <= s["ood_rate"] <= 1
+        assert sum(sum(v.values()) for v in s["labels_given"].values()) == 6
+    assert "siteA" in (run / "bench" / "external.md").read_text()
+    assert external_main(["--run", str(run), "--data", str(tmp_path / "nowhere")]) == 2
