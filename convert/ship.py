@@ -167,8 +167,12 @@ def main(argv=None) -> int:
     also = {}
     try:
         for v in filter(None, a.also.split(",")):
-            also[v] = (read_metadata(run / f"{v}.tflite"), json.loads((run / f"parity_{v}.json").read_text()))
-    except (ModelError, FileNotFoundError) as e:
+            meta_v = read_metadata(run / f"{v}.tflite")
+            if not (run / f"parity_{v}.json").is_file():
+                raise ModelError(f"{v} has no parity gate result: run python -m convert.parity --run {run} "
+                                 f"--model {v} --float-model {v.split('_')[0]} first")
+            also[v] = (meta_v, json.loads((run / f"parity_{v}.json").read_text()))
+    except ModelError as e:
         print(f"error: --also: {e}", file=sys.stderr)
         return 2
     failed = [name for name, p in [(a.model, parity)] + [(v, x[1]) for v, x in also.items()] if not p.get("passed")]
