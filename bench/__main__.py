@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench import write_report
 from convert.tflite import VARIANTS
-from device.atomic import atomic_write_bytes, atomic_write_json
+from device.atomic import atomic_write_bytes
 from device.bench import cpu_name
 from train.config import RUN_DIR
 
@@ -106,10 +107,7 @@ def main(argv=None) -> int:
               "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "arch": platform.machine()},
               "threads": a.threads, "runs": a.runs, "kd_gain_test_accuracy": manifests[run].get("kd_gain_test_accuracy"),
               "rows": rows}
-    atomic_write_json(out / "results.json", result)
-    md = to_markdown(result)
-    atomic_write_bytes(out / "results.md", md.encode())
-    print(md)
+    write_report(out, "results", result, to_markdown(result))
     return 0
 
 

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from device.atomic import atomic_write_bytes, atomic_write_json
+from bench import write_report
 from device.bench import labelled
 from device.metadata import ModelError
+from device.metrics import NO_TUMOUR, tumour_calls
 from device.preprocess import ImageError, load_image
 from device.runtime import Classifier
 from train.config import RUN_DIR
 
 DEFAULT_DATA = "../shared/data/external-dev"
-NO_TUMOUR = "notumor"
 MODELS = ("student_int8", "baseline_int8", "teacher_int8")
 
 
@@ -44,11 +44,9 @@ def score(labels: list[str], truth: np.ndarray, probs: np.ndarray, ood: np.ndarr
     pred = probs.argmax(1)
     no = labels.index(NO_TUMOUR)
     tumour, called = truth != no, pred != no
-    r = {"n": int(len(truth)), "tumour": int(tumour.sum()), "no_tumour": int((~tumour).sum()),
-         "sensitivity": float(called[tumour].mean()) if tumour.any() else None,
-         "specificity": float((~called)[~tumour].mean()) if (~tumour).any() else None,
-         "labels_given": {labels[t]: {labels[k]: int(((truth == t) & (pred == k)).sum()) for k in range(len(labels))}
-                          for t in sorted(set(truth.tolist()))}}
+    r = tumour_calls(truth, pred, labels) | {
+        "labels_given": {labels[t]: {labels[k]: int(((truth == t) & (pred == k)).sum()) for k in range(len(labels))}
+                         for t in sorted(set(truth.tolist()))}}
     known = [v for v in (r["sensitivity"], r["specificity"]) if v is not None]
     r["balanced_accuracy"] = float(np.mean(known))
     if ood is not None:
@@ -117,11 +115,7 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"{m}: done", flush=True)
-    out = run / "bench"
-    atomic_write_json(out / "external.json", result)
-    md = to_markdown(result)
-    atomic_write_bytes(out / "external.md", md.encode())
-    print(md)
+    write_report(run / "bench", "external", result, to_markdown(result))
     return 0
 
 

@@ -10,6 +10,19 @@ def confusion(labels, pred, n: int) -> np.ndarray:
     return m
 
 
+NO_TUMOUR = "notumor"   # the label that is not a tumour; every other label is one
+
+
+def tumour_calls(truth, pred, labels) -> dict:
+    """Tumour (any tumour label) vs no tumour, from label indices: what every source can be scored on, even one
+    labelled only tumour / no tumour (an index beyond the labels counts as a tumour)."""
+    no = list(labels).index(NO_TUMOUR)
+    tumour, called = np.asarray(truth) != no, np.asarray(pred) != no
+    return {"n": int(len(tumour)), "tumour": int(tumour.sum()), "no_tumour": int((~tumour).sum()),
+            "sensitivity": float(called[tumour].mean()) if tumour.any() else None,
+            "specificity": float((~called)[~tumour].mean()) if (~tumour).any() else None}
+
+
 def ranked(probs) -> np.ndarray:
     """Class indices, most probable first. The one tie rule of the project: a tie goes to the lower index, which
     is what argmax (and so every accuracy figure) picks."""

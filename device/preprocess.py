@@ -285,6 +285,16 @@ def to_model_input(img: Image.Image, size: int, contract: int = CONTRACT_VERSION
 
 def load_scan(path, size: int, contract: int = CONTRACT_VERSION) -> tuple[np.ndarray, list[str]]:
     """load_image, plus notes on what was chosen for the caller to show (e.g. which frame of a DICOM series)."""
+    img, notes = decode_scan(path)
+    try:
+        return to_model_input(img, size, contract), notes
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image") from None
+
+
+def decode_scan(path) -> tuple[Image.Image, list[str]]:
+    """A file as a grayscale PIL image, before framing and resizing (so one decode can serve several sizes),
+    and notes on what was chosen. Raises ImageError with a one-line reason for anything unusable."""
     notes: list[str] = []
     try:
         name = str(path).lower()
@@ -293,7 +303,7 @@ def load_scan(path, size: int, contract: int = CONTRACT_VERSION) -> tuple[np.nda
             img, notes = _decode_dicom(path)
         else:
             img = _decode_picture(path)
-        return to_model_input(img, size, contract), notes
+        return img, notes
     except ImageError:
         raise
     except FileNotFoundError:

@@ -2,7 +2,7 @@
 
     python -m train.data --data ../shared/data/brain-tumor-mri/Training
 
-Every file goes through device.preprocess.load_image (the board's own code), once:
+Every file goes through the board's own preprocessing (device.preprocess: decode_scan, to_model_input), once:
 the decoded arrays are cached on disk keyed by file list, file contents and
 preprocessing parameters, so later runs never decode a JPEG again.
 """
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from device.atomic import atomic_write_bytes, atomic_write_json
-from device.preprocess import CONTRACT_VERSION, ImageError, is_image_path, load_image
+from device.metrics import NO_TUMOUR
+from device.preprocess import CONTRACT_VERSION, ImageError, decode_scan, is_image_path, to_model_input
 
 THUMB = 16  # near-duplicate thumbnails are THUMB x THUMB grey levels
 # A folder whose only classes are these is weakly labelled: tumour or not, the type unknown. Its "tumor" images
 # get the label len(classes) (WEAK); its "notumor" images are ordinary no-tumour images.
-NO_TUMOUR = "notumor"
 WEAK_CLASSES = [NO_TUMOUR, "tumor"]
 
 
@@ -125,10 +125,11 @@ def load_folder(root, size: int, cache_dir="artifacts/cache") -> Images:
     xs, thumbs, labels, paths, shas, skipped = [], [], [], [], [], []
     for (p, c), d in zip(items, digests):
         try:
-            xs.append(load_image(p, size))
+            img, _ = decode_scan(p)
+            xs.append(to_model_input(img, size))
             # Near-duplicate thumbnails from the whole frame (contract v1), not the head crop: the crop box can
             # move by a pixel between two encodings of one image, which would hide a leak.
-            thumbs.append(load_image(p, THUMB * 4, contract=1))
+            thumbs.append(to_model_input(img, THUMB * 4, contract=1))
         except ImageError as e:
             skipped.append({"path": str(p), "class": classes[c], "reason": str(e)})
             continue

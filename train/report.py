@@ -14,10 +14,10 @@ import keras
 import numpy as np
 
 from device.atomic import atomic_write_json
-from device.metrics import softmax, summarize
+from device.metrics import NO_TUMOUR, softmax, summarize, tumour_calls
 from train import fit
 from train.calibrate import calibration_report
-from train.data import NO_TUMOUR, Splits
+from train.data import Splits
 from train.models import count_macs
 from train.plots import confusion_png, curves_png
 
@@ -54,16 +54,7 @@ def write_split(out: Path, splits: Splits, image_size: int) -> None:
                                            **({"weak_tumour": weak} if imgs.weak_sources else {})})
 
 
-def tumour_calls(labels, probs, classes) -> dict:
-    """Tumour (any tumour class) vs no tumour: the figures a weakly labelled source can have."""
-    no = classes.index(NO_TUMOUR)
-    tumour, called = np.asarray(labels) != no, np.asarray(probs).argmax(1) != no
-    sens = float(called[tumour].mean()) if tumour.any() else None
-    spec = float((~called)[~tumour].mean()) if (~tumour).any() else None
-    return {"n": int(len(tumour)), "sensitivity": sens, "specificity": spec}
-
-
-def by_source(model, s: Splits, split: str, logits) -> dict:
+def by_source(s: Splits, split: str, logits) -> dict:
     """Per --data folder: 4-class summary on its fully labelled images, tumour calls on all of them."""
     images, idx = (s.images, s.val) if split == "val" else (s.test_images, s.test)
     out = {}
@@ -71,7 +62,8 @@ def by_source(model, s: Splits, split: str, logits) -> dict:
         m = images.source[idx] == k
         labels, probs = images.labels[idx][m], softmax(logits[m])
         full = labels < len(s.classes)
-        out[folder] = {"tumour_calls": tumour_calls(labels, probs, s.classes) if NO_TUMOUR in s.classes else None,
+        calls = tumour_calls(labels, probs.argmax(1), s.classes) if NO_TUMOUR in s.classes else None
+        out[folder] = {"tumour_calls": calls,
                        "accuracy": float((probs[full].argmax(1) == labels[full]).mean()) if full.any() else None}
     return out
 
@@ -87,7 +79,7 @@ def evaluate(models: dict, splits: Splits, teacher_splits: Splits) -> dict:
         for split, images, idx in (("val", s.images, s.val), ("test", s.test_images, s.test)):
             z = fit.predict_logits(model, images.x[idx])
             if images.weak_sources:
-                entry.setdefault("by_source", {})[split] = by_source(model, s, split, z)
+                entry.setdefault("by_source", {})[split] = by_source(s, split, z)
             full = images.labels[idx] < len(s.classes)     # the 4-class figures: fully labelled images
             logits[split], labels[split] = z[full], images.labels[idx][full]
             entry[split] = summarize(labels[split], softmax(logits[split]), s.classes)

@@ -8,9 +8,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from device.metrics import NO_TUMOUR
 from train import fit
 from train.config import Config
-from train.data import NO_TUMOUR
 from train.models import build_student
 
 
