@@ -108,9 +108,8 @@ def convert(model, kind: str, representative: np.ndarray | None = None) -> bytes
     return conv.convert()
 
 
-def convert_variant(run_dir, variant: str, calibration_size: int = calibration.SIZE, seed: int = calibration.SEED,
-                    representative_override: np.ndarray | None = None, out_name: str | None = None) -> dict:
-    """Write <run>/<out_name or variant>.tflite and its .json sidecar; return a summary."""
+def convert_variant(run_dir, variant: str, calibration_size: int = calibration.SIZE, seed: int = calibration.SEED) -> dict:
+    """Write <run>/<variant>.tflite and its .json sidecar; return a summary."""
     import keras
 
     run_dir = Path(run_dir)
@@ -122,14 +121,11 @@ def convert_variant(run_dir, variant: str, calibration_size: int = calibration.S
     rep = None
     extra = {}
     if kind == "int8":
-        if representative_override is not None:
-            rep = representative_override
-        else:
-            files = calibration.choose(split["train"], classes, calibration_size, seed)
-            atomic_write_bytes(run_dir / "calibration.txt", ("\n".join(files) + "\n").encode())
-            rep = calibration.load(files, size)
-            extra["calibration"] = {"file_list": "calibration.txt", "count": len(files), "seed": seed,
-                                    "source": "training split, stratified by class"}
+        files = calibration.choose(split["train"], classes, calibration_size, seed)
+        atomic_write_bytes(run_dir / "calibration.txt", ("\n".join(files) + "\n").encode())
+        rep = calibration.load(files, size)
+        extra["calibration"] = {"file_list": "calibration.txt", "count": len(files), "seed": seed,
+                                "source": "training split, stratified by class"}
     manifest_f = run_dir / "manifest.json"
     manifest = json.loads(manifest_f.read_text()) if manifest_f.is_file() else {}
     res = manifest.get("results", {}).get(which, {})
@@ -137,7 +133,7 @@ def convert_variant(run_dir, variant: str, calibration_size: int = calibration.S
     temperature = float(res.get("calibration", {}).get("temperature", 1.0)) if which != "teacher" else 1.0
     features = which != "teacher" and kind == "int8"
     data = convert(with_softmax(model, temperature, features), kind, rep)
-    path = run_dir / f"{out_name or variant}.tflite"
+    path = run_dir / f"{variant}.tflite"
     atomic_write_bytes(path, data)
     if temperature != 1.0:
         extra["temperature"] = {"value": temperature, "folded_into": "the last layer's weights and bias",

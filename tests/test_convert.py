@@ -87,9 +87,9 @@ def test_parity_gate_passes_good_model_and_fails_blank_calibration(converted, tm
     student.set_weights([w + rng.normal(0, 0.5 * np.std(w), w.shape) if w.ndim > 1 else w  # kernels only: BN stays
                          for w in student.get_weights()])
     student.save(other / "student.keras")
-    convert_variant(other, "student_int8", out_name="student_broken")
+    convert_variant(other, "student_int8")
     for ext in (".tflite", ".json"):
-        shutil.copy(other / f"student_broken{ext}", run / f"student_broken{ext}")
+        shutil.copy(other / f"student_int8{ext}", run / f"student_broken{ext}")
     assert parity_main(["--run", str(run), "--model", "student_broken", *gate]) == 1
     bad = json.loads((run / "parity_student_broken.json").read_text())
     assert not bad["passed"] and bad["failures"]

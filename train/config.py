@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -49,14 +50,15 @@ class Config:
     # ensemble: CNNs of the student's family from scratch (--preset ensemble); efficientnetb0: for users with
     # ImageNet weights of their own (--teacher-weights imagenet|PATH); from scratch it reaches only ~70%.
     teacher_recipe: str = "lite0"
-    # Ensemble members, "AUGMENT:EPOCHS" each, or a count N (N x augment:teacher_epochs, seeds differ). Members
-    # that see different views err on different images, so their average gains more (docs/research.md).
+    # Ensemble members, "AUGMENT:EPOCHS" each (members with one spec differ by seed). Members that see different
+    # views err on different images, so their average gains more (docs/research.md).
     teacher_members: str = "flip:14,flip:14,geo:24"
     teacher_weights: str = "none"  # efficientnetb0 only: none | imagenet | PATH to weights
-    teacher_epochs: int = 6        # lite0: full fine-tuning epochs after the head warm-up; ensemble "N": per member
+    teacher_epochs: int = 6        # lite0 / efficientnetb0: training epochs (lite0: after the head warm-up)
     teacher_head_epochs: int = 1   # lite0: epochs that train only the new head, the ImageNet backbone frozen
+    teacher_head_lr: float = 1e-3  # lite0: the new head's learning rate while the backbone is frozen
     teacher_lr: float = 5e-4
-    teacher_dropout: float = 0.3   # head dropout of the EfficientNet recipes
+    teacher_dropout: float = 0.3   # head dropout of every teacher recipe (ensemble members included)
     label_smoothing: float = 0.0   # teacher training; smoothed teachers distill worse (Mueller et al. 2019)
     # student
     student_width: float = 1.0     # scales every layer's channels (0.25: 16,708 parameters)
@@ -70,6 +72,10 @@ class Config:
     dkd_beta: float = 2.0          # DKD's weight of the wrong classes' term
     teacher_mode: str = "cache"    # cache (teacher logits once) | consistent (teacher on every augmented batch)
     tta: bool = True               # cached logits averaged over a horizontal flip
+    # Patient distillation (train/views.py): K views per training image, the teacher's logits on each cached once;
+    # the student learns from the views (KL at --temperature) and from the images' labels (weight --alpha).
+    views: int = 0                 # views per image; 0 = the teacher's flip-averaged logits on the images only
+    unlabeled: str = ""            # folders of unlabeled scans (any layout, DICOM too): taught by the teacher only
     baseline: bool = True          # also train the same student without a teacher (the KD gain's reference)
     # optimisation
     batch_size: int = 64
@@ -79,20 +85,18 @@ class Config:
     augment: str = "flip"          # none | flip | geo (flip + small rotation / zoom / shift)
     strategy: str = "none"         # none | mirrored (several GPUs)
     # output
-    out: str = "artifacts/run"
+    out: str = RUN_DIR
 
     @functools.cached_property
     def members(self) -> tuple[Member, ...]:
         """teacher_members parsed once; ConfigError says what is wrong."""
         spec = str(self.teacher_members).strip()
-        if spec.isdigit() and int(spec) > 0:
-            return (Member(self.augment, self.teacher_epochs),) * int(spec)
         out = []
         for item in spec.split(","):
             aug, _, epochs = item.strip().partition(":")
             if aug not in AUGMENT_LEVELS or not epochs.isdigit() or int(epochs) < 1:
                 raise ConfigError(f"bad teacher member '{item.strip()}' in --teacher-members '{spec}': want "
-                                  f"AUGMENT:EPOCHS (AUGMENT one of {' | '.join(AUGMENT_LEVELS)}) or a count")
+                                  f"AUGMENT:EPOCHS (AUGMENT one of {' | '.join(AUGMENT_LEVELS)}), comma-separated")
             out.append(Member(aug, int(epochs)))
         return tuple(out)
 
@@ -133,18 +137,23 @@ class Config:
         if len(self.data_folders) > 1 and (self.test_data or self.kd_loss != "hinton"):
             raise ConfigError("several --data folders: each gets its own test split (no --test-data), and the "
                               "weak labels of a tumor/notumor folder work with --kd-loss hinton only")
+        if self.views < 0:
+            raise ConfigError(f"--views {self.views}: want views per image >= 1, or 0 for no view cache")
+        if self.unlabeled and not self.views:
+            raise ConfigError("--unlabeled: unlabeled scans teach through the view cache; add --views K")
         if not 0 < self.student_width <= 4:
             raise ConfigError(f"--student-width {self.student_width:g}: want a channel multiplier in (0, 4]")
 
 
-# The from-scratch CNN ensemble teacher, with the schedule it was tuned with (the default before lite0).
-ENSEMBLE = dict(teacher_recipe="ensemble", teacher_epochs=14, teacher_lr=3e-3, alpha=0.3)
+# The from-scratch CNN ensemble teacher, with the schedule and alpha it was tuned with (the default before lite0;
+# its members' head dropout was the student's).
+ENSEMBLE = dict(teacher_recipe="ensemble", teacher_lr=3e-3, teacher_dropout=0.2, alpha=0.3)
 
 PRESETS = {
     # Embedded default: synthetic phantoms (800 training images), small images, a few minutes on 2 cores. It keeps
     # the small ensemble teacher: ImageNet features add nothing to phantoms and would double `make all`'s time.
     "synthetic": dict(ENSEMBLE, data="data/synthetic/Training", test_data="data/synthetic/Testing",
-                      image_size=64, teacher_size=0, teacher_members="3", teacher_epochs=15, student_epochs=15,
+                      image_size=64, teacher_size=0, teacher_members="flip:15,flip:15,flip:15", student_epochs=15,
                       batch_size=32, patience=6),
     "ensemble": ENSEMBLE,
     # A 13x smaller student (16,708 parameters, 1.2 M MACs), trained longer: the size at which distillation
@@ -160,25 +169,27 @@ CHOICES = {"augment": AUGMENT_LEVELS, "teacher_recipe": ("lite0", "ensemble", "e
 
 
 def add_flags(parser, only=None):
-    """One --flag per Config field (underscores become dashes), and --preset."""
+    """One --flag per Config field (underscores become dashes), typed by the field's annotation, and --preset."""
+    types = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
         if only and f.name not in only:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
+        if types[f.name] is bool:
             parser.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, dest=f.name,
                                 help=f"(default {f.default})")
         else:
-            typ = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=typ, default=None, dest=f.name, choices=CHOICES.get(f.name),
+            parser.add_argument(flag, type=types[f.name], default=None, dest=f.name, choices=CHOICES.get(f.name),
                                 help=f"(default {f.default!r})")
     parser.add_argument("--preset", choices=sorted(PRESETS), action="append", default=None,
                         help="named overrides applied before flags; repeat to combine, later ones win")
 
 
-def from_args(args) -> Config:
+def from_args(args, log=print) -> Config:
+    """The Config of parsed flags: presets first (each says what it changes), then explicit flags."""
     values = {}
     for name in getattr(args, "preset", None) or []:
+        log(f"preset {name}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PRESETS[name].items()))
         values.update(PRESETS[name])
     values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                    if getattr(args, f.name, None) is not None})

@@ -22,7 +22,7 @@ import numpy as np
 
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metrics import NO_TUMOUR
-from device.preprocess import CONTRACT_VERSION, ImageError, decode_scan, is_image_path, to_model_input
+from device.preprocess import CONTRACT_VERSION, ImageError, decode_scan, is_dicom_file, is_image_path, to_model_input
 
 THUMB = 16  # near-duplicate thumbnails are THUMB x THUMB grey levels
 # A folder whose only classes are these is weakly labelled: tumour or not, the type unknown. Its "tumor" images
@@ -110,6 +110,27 @@ def load_sources(folders: list[str], size: int, cache_dir="artifacts/cache") -> 
 
 def load_folder(root, size: int, cache_dir="artifacts/cache") -> Images:
     classes, items = scan_folder(root)
+    return _load_items(root, classes, items, size, cache_dir)
+
+
+def load_unlabeled(folders: list[str], size: int, cache_dir="artifacts/cache") -> Images:
+    """Scans without labels (label -1), any layout: every picture, and every other file that is a DICOM."""
+    parts = []
+    for root in folders:
+        if not Path(root).is_dir():
+            raise DataError(f"--unlabeled folder not found: {root}")
+        files = sorted(p for p in Path(root).rglob("*") if p.is_file() and not p.name.startswith(".")
+                       and (is_image_path(p.name) or is_dicom_file(p)))
+        if not files:
+            raise DataError(f"--unlabeled folder {root} holds no images or DICOM files")
+        parts.append(_load_items(root, [], [(p, -1) for p in files], size, cache_dir))
+    return Images(",".join(folders), [], sum((p.paths for p in parts), []),
+                  np.concatenate([p.labels for p in parts]), np.concatenate([p.x for p in parts]),
+                  sum((p.sha256 for p in parts), []), np.concatenate([p.thumbs for p in parts]),
+                  sum((p.skipped for p in parts), []), all(p.cache_hit for p in parts))
+
+
+def _load_items(root, classes: list[str], items: list[tuple[Path, int]], size: int, cache_dir) -> Images:
     digests = []
     for p, _ in items:
         digests.append(hashlib.sha256(p.read_bytes()).hexdigest())
@@ -131,7 +152,7 @@ def load_folder(root, size: int, cache_dir="artifacts/cache") -> Images:
             # move by a pixel between two encodings of one image, which would hide a leak.
             thumbs.append(to_model_input(img, THUMB * 4, contract=1))
         except ImageError as e:
-            skipped.append({"path": str(p), "class": classes[c], "reason": str(e)})
+            skipped.append({"path": str(p), "class": classes[c] if c >= 0 else "", "reason": str(e)})
             continue
         labels.append(c)
         paths.append(str(p))

@@ -129,3 +129,67 @@ class Distiller(keras.Model):
         labels = y["label"] if isinstance(y, dict) else y
         self.accuracy.update_state(labels, y_pred)
         return super().compute_metrics(x, y, y_pred, sample_weight)
+
+
+def soft_cross_entropy(target_probs, logits):
+    """-sum(p * log softmax(logits)): cross-entropy against a distribution (mixed labels of mixed views)."""
+    return -ops.sum(target_probs * ops.log_softmax(logits, axis=-1), axis=-1)
+
+
+class ViewDistiller(keras.Model):
+    """Patient, consistent distillation from a view cache (train/views.py). Each step sees a batch of cached views
+    and a batch of the original training images with their labels:
+
+        loss = alpha * CE(labels, student(images))
+             + (1 - alpha) * T^2 * KL( softmax(teacher(view) / T) || softmax(student(view) / T) )
+
+    The labels-only twin (teacher=False) replaces the view term by CE(mixed labels, student(view)): the same
+    views, steps and images, the teacher's answers swapped for the labels, so the KD gain is the teacher's alone.
+    Views without a usable target (unlabeled scans, for the twin) carry weight 0 in the view term."""
+
+    def __init__(self, student: keras.Model, temperature: float = 1.0, alpha: float = 0.3, teacher: bool = True,
+                 no_tumour: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.student = student
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.teacher = bool(teacher)
+        self.no_tumour = no_tumour
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy]
+
+    def call(self, x, training=False):
+        return self.student(x, training=training)
+
+    def view_loss(self, target, mask, logits):
+        if self.teacher:
+            t = self.temperature
+            kd = _kl(ops.log_softmax(target / t, axis=-1), ops.log_softmax(logits / t, axis=-1)) * (t ** 2)
+        else:
+            kd = soft_cross_entropy(target, logits)
+        return ops.sum(kd * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+    def train_step(self, data):
+        (views, images), (target, mask, labels, weights) = data
+        n = ops.shape(views)[0]
+        with tf.GradientTape() as tape:
+            logits = self.student(ops.concatenate([views, images], axis=0), training=True)
+            ce = ops.mean(hard_loss(labels, logits[n:], self.no_tumour) * weights)
+            loss = self.alpha * ce + (1.0 - self.alpha) * self.view_loss(target, mask, logits[:n])
+        grads = tape.gradient(loss, self.student.trainable_variables)
+        self.optimizer.apply(grads, self.student.trainable_variables)
+        self.loss_tracker.update_state(loss)
+        n_classes = ops.shape(logits)[-1]
+        self.accuracy.update_state(labels, logits[n:], sample_weight=ops.cast(labels < n_classes, "float32"))
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x, y = data
+        logits = self.student(x, training=False)
+        self.loss_tracker.update_state(ops.mean(hard_loss(y, logits, self.no_tumour)))
+        self.accuracy.update_state(y, logits, sample_weight=ops.cast(y < ops.shape(logits)[-1], "float32"))
+        return {m.name: m.result() for m in self.metrics}

@@ -128,8 +128,8 @@ def fit_classifier(model, data: TrainSet, cfg, *, epochs, augment, seed, stage_d
     return timer.seconds
 
 
-def fit_student(student, data: TrainSet, cfg, *, teacher=None, soft_targets=None, alpha=1.0, stage_dir, strategy,
-                extra_callbacks=()) -> list[float]:
+def fit_student(student, data: TrainSet, cfg, *, teacher=None, soft_targets=None, alpha=1.0, stage_dir,
+                strategy) -> list[float]:
     """Distillation (a teacher model in consistent mode, or its cached soft_targets) or, with neither and alpha 1,
     the no-KD baseline: the same loop, seed and budget."""
     steps = max(len(data.x) // cfg.batch_size, 1)
@@ -146,8 +146,7 @@ def fit_student(student, data: TrainSet, cfg, *, teacher=None, soft_targets=None
     train_ds = make_dataset(data.x, target, data.w, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
     val_ds = make_dataset(data.x_val, data.y_val, batch=cfg.batch_size)
     timer, cbs = callbacks(Path(stage_dir), cfg.patience)
-    distiller.fit(train_ds, validation_data=val_ds, epochs=cfg.student_epochs, callbacks=cbs + list(extra_callbacks),
-                  verbose=VERBOSE)
+    distiller.fit(train_ds, validation_data=val_ds, epochs=cfg.student_epochs, callbacks=cbs, verbose=VERBOSE)
     return timer.seconds
 
 
@@ -182,3 +181,50 @@ def read_history(stage_dir) -> dict:
                 if k != "epoch" and v not in ("", None):
                     hist.setdefault(k, []).append(float(v))
     return hist
+
+
+def view_dataset(views, view_target, view_mask, k: int, n_view_images: int, data: TrainSet, batch: int, seed: int):
+    """An endless stream of ((views, images), (view targets, view mask, labels, weights)) batches. Each pass over
+    the view images shows one of each image's k cached views, drawn afresh; the original images (labelled training
+    images, randomly flipped) come in a stream of their own. All gathers run inside tf.data: no Python per step."""
+    views_t = tf.constant(views)
+    target_t, mask_t = tf.constant(view_target, tf.float32), tf.constant(view_mask, tf.float32)
+    x_t, y_t, w_t = tf.constant(data.x), tf.constant(data.y), tf.constant(data.w, tf.float32)
+
+    def pick_views(idx):
+        i = idx * k + tf.random.uniform(tf.shape(idx), 0, k, dtype=tf.int64, seed=seed)
+        return tf.cast(tf.gather(views_t, i), tf.float32)[..., None], tf.gather(target_t, i), tf.gather(mask_t, i)
+
+    def pick_images(idx):
+        x = tf.cast(tf.gather(x_t, idx), tf.float32)[..., None]
+        flip = tf.random.uniform((tf.shape(idx)[0], 1, 1, 1), seed=seed + 1) < 0.5
+        return tf.where(flip, x[:, :, ::-1], x), tf.gather(y_t, idx), tf.gather(w_t, idx)
+
+    v = (tf.data.Dataset.range(n_view_images).shuffle(n_view_images, seed=seed, reshuffle_each_iteration=True)
+         .repeat().batch(batch, drop_remainder=True).map(pick_views, num_parallel_calls=tf.data.AUTOTUNE))
+    o = (tf.data.Dataset.range(len(data.x)).shuffle(len(data.x), seed=seed + 2, reshuffle_each_iteration=True)
+         .repeat().batch(batch, drop_remainder=True).map(pick_images, num_parallel_calls=tf.data.AUTOTUNE))
+    return tf.data.Dataset.zip(v, o).map(
+        lambda a, b: ((a[0], b[0]), (a[1], a[2], b[1], b[2]))).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_on_views(student, data: TrainSet, cache, view_target, view_mask, k: int, cfg, *, teacher: bool, stage_dir,
+                 strategy) -> list[float]:
+    """Patient distillation (teacher=True) or its labels-only twin on the view cache; an epoch is one view of every
+    view image. The best epoch on validation is kept."""
+    from train.distill import ViewDistiller
+
+    n_view_images = len(cache.x) // k
+    steps = max(n_view_images // cfg.batch_size, 1)
+    size = student.input_shape[1]
+    with strategy.scope():
+        distiller = ViewDistiller(student, cfg.temperature, cfg.alpha, teacher=teacher, no_tumour=data.no_tumour)
+        distiller.compile(optimizer=keras.optimizers.AdamW(schedule(cfg.student_lr, cfg.student_epochs, steps),
+                                                           weight_decay=cfg.weight_decay), jit_compile=False)
+        distiller(np.zeros((1, size, size, 1), np.float32))
+    train_ds = view_dataset(cache.x, view_target, view_mask, k, n_view_images, data, cfg.batch_size, cfg.seed)
+    val_ds = make_dataset(data.x_val, data.y_val, batch=cfg.batch_size)
+    timer, cbs = callbacks(Path(stage_dir), cfg.patience or cfg.student_epochs)
+    distiller.fit(train_ds, validation_data=val_ds, epochs=cfg.student_epochs, steps_per_epoch=steps, callbacks=cbs,
+                  verbose=VERBOSE)
+    return timer.seconds

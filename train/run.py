@@ -24,7 +24,12 @@ def _log(msg):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     add_flags(p)
-    cfg = from_args(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.data is None and not args.preset:
+        print("no --data: training on the embedded synthetic phantoms with --preset synthetic, as `make all` does "
+              "(give --data DIR for your own scans)", flush=True)
+        args.preset = ["synthetic"]
+    cfg = from_args(args)
     try:
         return run(cfg)
     except (ConfigError, DataError) as e:
@@ -64,9 +69,13 @@ def run(cfg: Config) -> int:
         fit.save_model(teacher_model, teacher_files[0])
     seconds["teacher"] = time.time() - t0
 
-    # ---- soft targets: the teacher's logits on the training images, once (cache mode)
-    soft = None
-    if cfg.teacher_mode == "cache" and cfg.alpha < 1.0:
+    # ---- soft targets: the teacher's logits on K views of every training image (--views), or on the images
+    soft, views = None, None
+    if cfg.views:
+        t0 = time.time()
+        views = teacher.view_cache(cfg, teacher_model, splits, teacher_files)
+        seconds["view_cache"] = time.time() - t0
+    elif cfg.teacher_mode == "cache" and cfg.alpha < 1.0:
         t0 = time.time()
         soft = teacher.soft_targets(cfg, teacher_model, t_splits.images.x[t_splits.train], out, teacher_files)
         seconds["teacher_logits"] = time.time() - t0
@@ -75,13 +84,22 @@ def run(cfg: Config) -> int:
     # ---- students: distilled, then the same student on labels only (the baseline)
     data = student.train_set(splits, cfg)
     models = {"teacher": teacher_model, **student.train_students(cfg, data, n_classes, teacher_model, soft, out,
-                                                                 strategy, seconds, epochs)}
+                                                                 strategy, seconds, epochs, views)}
 
     # ---- evaluation and report
     results = report.evaluate(models, splits, t_splits)
     if soft is not None:  # how well the soft targets classify the training images (~100% when memorised)
         full = data.y < n_classes
         results["teacher"]["cached_logits"] = {"train_accuracy": float(np.mean(soft[full].argmax(1) == data.y[full]))}
+    if views is not None:  # how often the teacher's answer on a view is its image's label (plain and mixed views)
+        cache, labels = views
+        la, plain = labels[cache.a], cache.a == cache.b
+        ok = cache.logits.argmax(1) == np.where(cache.lam >= 0.5, la, labels[cache.b])
+        results["teacher"]["view_cache"] = {
+            "views": int(len(cache.x)), "unlabeled_images": int((labels == -1).sum()), "key": cache.key,
+            "seconds": round(seconds["view_cache"], 1),
+            "label_agreement_plain": float(ok[plain & (la >= 0) & (la < n_classes)].mean()),
+            "label_agreement_mixed": float(ok[~plain & (la >= 0) & (la < n_classes)].mean()) if (~plain).any() else None}
     if cfg.teacher_recipe == "ensemble" and not cfg.teacher and len(cfg.members) > 1:
         results["teacher"]["members"] = report.score_members(
             [out / f"teacher_member{i}.keras" for i in range(len(cfg.members))], cfg, t_splits)

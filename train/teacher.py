@@ -20,12 +20,10 @@ from train.config import Config, ConfigError
 from train.models import build_efficientnet_lite0, build_efficientnetb0, build_student
 from train.pretrained import imagenet_weights
 
-HEAD_LR = 1e-3  # the new head's learning rate while the backbone is frozen
-
 # A member record's fields, named as the error message names them. The seed is not compared: a run with
 # another --seed may reuse members on purpose.
 RECORD_FIELDS = {"augment": "augmentation", "epochs": "epochs", "lr": "--teacher-lr",
-                 "label_smoothing": "--label-smoothing", "dropout": "--student-dropout", "patience": "--patience"}
+                 "label_smoothing": "--label-smoothing", "dropout": "--teacher-dropout", "patience": "--patience"}
 # Members trained by earlier versions with options that no longer exist (other CNN families, mixup, folds...)
 # carry them in their record; only the neutral value may be reused.
 REMOVED_OPTIONS = {"arch": "dw", "mixup": 0.0, "cutmix": 0.0, "ema": 0.0, "drop_path": 0.0, "folds": 0}
@@ -50,7 +48,7 @@ def member_record(cfg: Config, i: int) -> dict:
     # of another spec are added.
     seed = cfg.seed + 1000 * (1 + cfg.members[:i].count(m))
     return {"augment": m.augment, "epochs": m.epochs, "seed": seed, "lr": cfg.teacher_lr,
-            "label_smoothing": cfg.label_smoothing, "dropout": cfg.student_dropout, "patience": cfg.patience}
+            "label_smoothing": cfg.label_smoothing, "dropout": cfg.teacher_dropout, "patience": cfg.patience}
 
 
 def record_mismatch(old: dict, want: dict) -> str:
@@ -82,7 +80,7 @@ def train_members(cfg: Config, data: fit.TrainSet, n: int, out: Path, strategy, 
         _log(f"member {i + 1}/{len(cfg.members)}: {size} px, '{spec.augment}' augmentation, up to {spec.epochs} epochs")
         keras.utils.set_random_seed(want["seed"])
         with strategy.scope():
-            m = build_student(size, n, 1.0, cfg.student_dropout)
+            m = build_student(size, n, 1.0, cfg.teacher_dropout)
         epoch_times[f"teacher_member{i}"] = fit.fit_classifier(
             m, data, cfg, epochs=spec.epochs, augment=spec.augment, seed=want["seed"],
             stage_dir=out / "stages" / f"teacher_member{i}", strategy=strategy)
@@ -121,7 +119,7 @@ def train_efficientnet(cfg: Config, data: fit.TrainSet, n: int, out: Path, strat
         backbone.trainable = False
         epoch_times["teacher_head"] = fit.fit_classifier(
             model, data, cfg, epochs=cfg.teacher_head_epochs, augment=cfg.augment, seed=cfg.seed,
-            stage_dir=stages / "teacher_head", strategy=strategy, lr=HEAD_LR)
+            stage_dir=stages / "teacher_head", strategy=strategy, lr=cfg.teacher_head_lr)
         with atomic_path(head_done) as tmp:
             model.save_weights(tmp)
     # Then everything but BatchNorm, which keeps its ImageNet statistics (inference mode): faster, and better in
@@ -161,3 +159,34 @@ def soft_targets(cfg: Config, teacher, x_train: np.ndarray, out: Path, teacher_f
     with atomic_path(cache) as tmp:
         np.save(tmp, logits)
     return logits
+
+
+def view_cache(cfg: Config, model, splits, teacher_files: list[Path]):
+    """The teacher's logits on --views K views of every training image and unlabeled scan (train/views.py),
+    built once and reused by every run with the same teacher, views and images. Returns (cache, labels of its
+    images: -1 for unlabeled scans)."""
+    from train import views
+    from train.data import load_unlabeled, nearest_distance
+
+    tsize = int(model.input_shape[1])
+    sizes = (cfg.image_size, tsize)
+    src = splits.at_size(cfg, views.source_size(*sizes))
+    sources, labels = src.images.x[splits.train], src.images.labels[splits.train]
+    if cfg.unlabeled:
+        u = load_unlabeled([p for p in cfg.unlabeled.split(",") if p], sources.shape[1], cfg.cache_dir)
+        # Scans that (nearly) duplicate a validation or test image would leak it into training: left out.
+        held_out = np.concatenate([splits.images.thumbs[splits.val], splits.test_images.thumbs[splits.test]])
+        dist, _ = nearest_distance(u.thumbs, held_out)
+        keep = dist >= cfg.near_dup_threshold
+        _log(f"unlabeled: {len(u.paths)} scans, {int((~keep).sum())} left out as near-duplicates of evaluation "
+             f"images, {len(u.skipped)} unreadable")
+        sources = np.concatenate([sources, u.x[keep]])
+        labels = np.concatenate([labels, np.full(int(keep.sum()), -1, np.int32)])
+    recipe = views.ViewRecipe(k=cfg.views)
+    key = views.cache_key(views.teacher_digest(teacher_files), recipe, hashlib.sha256(sources.tobytes()).hexdigest(),
+                          sizes, cfg.split_seed)
+    _log(f"view cache {key}: {recipe.k} views of {len(sources)} images at {sizes[0]} px (student) and {sizes[1]} px "
+         f"(teacher)")
+    cache = views.build(sources, lambda x: fit.predict_logits(model, x), recipe, sizes, Path(cfg.cache_dir), key,
+                        seed=cfg.split_seed, log=_log)
+    return cache, labels
