@@ -1,5 +1,13 @@
 # Brain-MRI edge pipeline. `make all` runs everything on the embedded synthetic
 # phantoms; `DATA=path/to/Training make distill tflite parity` on real data.
+#
+# Flags per stage (each goes to that stage's command only; `python -m <stage> --help` lists them):
+#   TRAIN_ARGS (ARGS is the same) -> python -m train       e.g. make all TRAIN_ARGS="--student-epochs 5"
+#   CONVERT_ARGS                  -> python -m convert     e.g. CONVERT_ARGS="--calibration-size 100"
+#   PARITY_ARGS                   -> python -m convert.parity
+#   BENCH_ARGS                    -> python -m bench
+#   SHIP_ARGS                     -> python -m convert.ship
+# RUN names the run folder (artifacts/$(RUN)); DATA / TEST_DATA point at real class-per-folder data.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,13 +19,18 @@ DATA ?=
 TEST_DATA ?=
 ifeq ($(strip $(DATA)),)
   RUN ?= synthetic
-  TRAIN_ARGS := --preset synthetic
+  DATA_FLAGS := --preset synthetic
 else
   RUN ?= real
-  TRAIN_ARGS := --data $(DATA) $(if $(TEST_DATA),--test-data $(TEST_DATA),)
+  DATA_FLAGS := --data $(DATA) $(if $(TEST_DATA),--test-data $(TEST_DATA),)
 endif
 OUT := artifacts/$(RUN)
 ARGS ?=
+TRAIN_ARGS ?= $(ARGS)
+CONVERT_ARGS ?=
+PARITY_ARGS ?=
+BENCH_ARGS ?=
+SHIP_ARGS ?=
 
 .PHONY: all venv data distill tflite parity ship test test-fast test-train test-device lint bench pi-smoke clean
 
@@ -44,19 +57,19 @@ data/synthetic/.stamp: $(VENV)/.stamp train/phantom.py
 data: data/synthetic/.stamp
 
 distill: $(VENV)/.stamp $(if $(strip $(DATA)),,data/synthetic/.stamp)
-	$(PY) -m train $(TRAIN_ARGS) --out $(OUT) $(ARGS)
+	$(PY) -m train $(DATA_FLAGS) --out $(OUT) $(TRAIN_ARGS)
 
 tflite: $(VENV)/.stamp
-	$(PY) -m convert --run $(OUT) $(ARGS)
+	$(PY) -m convert --run $(OUT) $(CONVERT_ARGS)
 
 parity: $(VENV)/.stamp
-	$(PY) -m convert.parity --run $(OUT) $(ARGS)
+	$(PY) -m convert.parity --run $(OUT) $(PARITY_ARGS)
 
 # Scans from other sources, for evaluation only (never trained, calibrated or tuned on); skipped when absent.
 EXTERNAL ?= ../shared/data/external-dev
 
 bench: $(VENV)/.stamp $(DVENV)/.stamp
-	$(PY) -m bench --run $(OUT) $(ARGS)
+	$(PY) -m bench --run $(OUT) $(BENCH_ARGS)
 	if [ -d "$(EXTERNAL)" ]; then $(PY) -m bench.external --run $(OUT) --data $(EXTERNAL); fi
 
 # Tests: training/convert side in .venv, device side in .venv-device (no TensorFlow there).
@@ -83,4 +96,4 @@ clean:
 	rm -rf artifacts data
 
 ship: $(VENV)/.stamp
-	$(PY) -m convert.ship --run $(OUT) $(ARGS)
+	$(PY) -m convert.ship --run $(OUT) $(SHIP_ARGS)

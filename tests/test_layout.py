@@ -41,3 +41,36 @@ def test_the_rules_see_a_violation(tmp_path):
     f.write_text("import os.path\nfrom train.config import Config\nfrom . import metadata\n"
                  "def g():\n    import experiments.ablation\n")
     assert imports(f, "device") == {"os", "train", "device", "experiments"}
+
+
+def _make_lines(*args) -> dict[str, str]:
+    """The command `make -n all ...` would run for each stage, keyed by its module."""
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "-B", "all", *args], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split(" -m ")[1].split()[0]: line for line in out.splitlines() if " -m " in line}
+
+
+def test_make_flags_reach_only_their_own_stage():
+    lines = _make_lines("ARGS=--student-epochs 5")
+    assert lines["train"].endswith("--student-epochs 5")
+    assert "--student-epochs" not in lines["convert"] + lines["convert.parity"]
+    lines = _make_lines("TRAIN_ARGS=--student-epochs 4", "CONVERT_ARGS=--calibration-size 50",
+                        "PARITY_ARGS=--min-agreement 90")
+    assert lines["train"].endswith("--student-epochs 4") and "--calibration-size" not in lines["train"]
+    assert lines["convert"].endswith("--calibration-size 50") and lines["convert.parity"].endswith("--min-agreement 90")
+
+
+def test_train_with_no_flags_trains_the_phantoms_where_every_stage_reads(monkeypatch, capsys):
+    import train.run
+    from train.config import PRESETS, RUN_DIR
+
+    seen = []
+    monkeypatch.setattr(train.run, "run", lambda cfg: seen.append(cfg) or 0)
+    assert train.run.main([]) == 0
+    assert seen[0].out == RUN_DIR and seen[0].data == PRESETS["synthetic"]["data"]
+    assert "synthetic phantoms" in capsys.readouterr().out
+    for module in ("convert/__main__.py", "convert/parity.py", "convert/ship.py", "bench/__main__.py",
+                   "bench/external.py"):
+        assert "default=RUN_DIR" in (ROOT / module).read_text(), module
