@@ -22,7 +22,7 @@ import numpy as np
 from bench import write_report
 from device.bench import labelled
 from device.metadata import ModelError
-from device.metrics import NO_TUMOUR, tumour_calls
+from device.metrics import NO_TUMOUR, pct, tumour_calls
 from device.preprocess import ImageError, load_image
 from device.runtime import Classifier
 from train.config import RUN_DIR
@@ -53,10 +53,10 @@ def score(labels: list[str], truth: np.ndarray, probs: np.ndarray, ood: np.ndarr
         kept = ~ood
         wrong = called != tumour
         r["ood_rate"] = float(ood.mean())
+        answered = tumour_calls(truth[kept], pred[kept], labels)
         r["reject_ood"] = {"answered": float(kept.mean()),
                            "wrong_call_rate": float(wrong[kept].mean()) if kept.any() else None,
-                           "sensitivity": float(called[kept & tumour].mean()) if (kept & tumour).any() else None,
-                           "specificity": float((~called)[kept & ~tumour].mean()) if (kept & ~tumour).any() else None}
+                           "sensitivity": answered["sensitivity"], "specificity": answered["specificity"]}
     return r
 
 
@@ -119,9 +119,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{v:.1%}"
-
 
 def to_markdown(r: dict) -> str:
     lines = [f"Scans from other sources (`{r['data']}`), run `{r['run']}`; command `{r['command']}`. Tumour = any "
@@ -135,9 +132,9 @@ def to_markdown(r: dict) -> str:
             if not s["n"]:
                 continue
             rej = s.get("reject_ood", {})
-            lines.append(f"| {m} | {src} | {s['n']:,} | {_pct(s['sensitivity'])} | {_pct(s['specificity'])} | "
-                         f"{_pct(s['balanced_accuracy'])} | {_pct(s.get('ood_rate'))} | {_pct(rej.get('answered'))} | "
-                         f"{_pct(rej.get('wrong_call_rate'))} |")
+            lines.append(f"| {m} | {src} | {s['n']:,} | {pct(s['sensitivity'])} | {pct(s['specificity'])} | "
+                         f"{pct(s['balanced_accuracy'])} | {pct(s.get('ood_rate'))} | {pct(rej.get('answered'))} | "
+                         f"{pct(rej.get('wrong_call_rate'))} |")
     first = next(iter(r["models"].values()), {})
     lines += ["", "Labels the first model gives (rows: true class per source):", ""]
     for src, s in first.items():

@@ -17,8 +17,8 @@ import numpy as np
 from convert import calibration
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metadata import ModelError, read_metadata
-from device.metrics import softmax, summarize
-from device.runtime import Classifier, ClassifierOptions
+from device.metrics import pct, softmax, summarize
+from device.runtime import RUNTIMES, Classifier, ClassifierOptions
 from train.config import RUN_DIR
 
 
@@ -90,8 +90,7 @@ def to_markdown(r) -> str:
               "int8 accuracy / coverage with `--min-confidence`:", "",
               "| min confidence | coverage | accuracy on answered |", "|---:|---:|---:|"]
     for c in r["int8_confidence_coverage"]:
-        acc = "-" if c["accuracy"] is None else f"{c['accuracy']:.2%}"
-        lines.append(f"| {c['min_confidence']:.2f} | {c['coverage']:.1%} | {acc} |")
+        lines.append(f"| {c['min_confidence']:.2f} | {c['coverage']:.1%} | {pct(c['accuracy'])} |")
     if r.get("reject_ood"):
         o = r["reject_ood"]
         lines += ["", f"`--reject-ood` answers {o['answered']:.1%} of these held-out images (its threshold keeps "
@@ -120,7 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--float-model", default="student", help="Keras model it must agree with")
     p.add_argument("--max-drop", type=float, default=1.0, help="max accuracy drop, points")
     p.add_argument("--min-agreement", type=float, default=98.0, help="min top-1 agreement, percent")
-    p.add_argument("--runtime", default="auto", choices=["auto", "tflite-runtime", "litert"])
+    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES])
     a = p.parse_args(argv)
     try:
         r = evaluate(a.run, a.model, a.float_model, a.max_drop, a.min_agreement, a.runtime)

@@ -14,13 +14,11 @@ from pathlib import Path
 
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metadata import ModelError, read_metadata
+from device.metrics import pct
 from train.config import RUN_DIR, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def pct(x):
-    return "-" if x is None else f"{x:.2%}"
 
 
 def teacher_name(manifest) -> str:

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from device.metadata import ModelError
+from device.runtime import RUNTIMES
 
 
 def peak_rss_mb() -> float:
@@ -100,7 +101,7 @@ def evaluate(model, source, runtime="auto", threads=1) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m device.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--runtime", default="auto", choices=["auto", "tflite-runtime", "litert"])
+    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)

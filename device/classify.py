@@ -29,6 +29,7 @@ from pathlib import Path
 from device.metadata import ModelError
 from device.metrics import ranked
 from device.preprocess import ImageError, is_dicom_file, is_image_path
+from device.runtime import RUNTIMES
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 IMAGE_KINDS = ".jpg/.jpeg/.png/.bmp/.tif/.gif/.webp/.dcm or DICOM"
@@ -126,7 +127,7 @@ def build_parser():
     fmt.add_argument("--json", action="store_true", help="one JSON object per line")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads, >= 1 (default: runtime's choice)")
-    p.add_argument("--runtime", default="auto", choices=["auto", "tflite-runtime", "litert"])
+    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES])
     p.add_argument("--min-confidence", type=float, default=0.0,
                    help="below this top probability the answer is 'uncertain' (0..1)")
     p.add_argument("--reject-ood", action="store_true",
@@ -136,7 +137,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from device.runtime import ClassifierOptions  # light: no interpreter is imported yet
+    from device.runtime import ClassifierOptions  # light: no interpreter is imported yet, RUNTIMES
 
     try:
         a = build_parser().parse_args(argv)
@@ -205,8 +206,8 @@ def classify_all(a, options) -> int:
         probs, notes, known = result.probabilities, list(result.notes), result.in_distribution
         order = ranked(probs)
         top = int(order[0])
-        confident = probs[top] >= options.min_confidence and not (options.reject_ood and not known)
-        label = clf.labels[top] if confident else "uncertain"
+        answer = clf.answer(result)
+        label = answer[0].label if answer else "uncertain"
         score = None if result.ood_score is None else round(result.ood_score, 3)
         if a.json:
             record = {"path": str(path), "label": label, "probability": round(float(probs[top]), 4),

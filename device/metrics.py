@@ -13,6 +13,11 @@ def confusion(labels, pred, n: int) -> np.ndarray:
 NO_TUMOUR = "notumor"   # the label that is not a tumour; every other label is one
 
 
+def pct(x, digits: int = 2) -> str:
+    """A fraction as a percentage for reports; '-' for a missing value."""
+    return "-" if x is None else f"{x:.{digits}%}"
+
+
 def tumour_calls(truth, pred, labels) -> dict:
     """Tumour (any tumour label) vs no tumour, from label indices: what every source can be scored on, even one
     labelled only tumour / no tumour (an index beyond the labels counts as a tumour)."""

@@ -1,10 +1,11 @@
 """The preprocessing contract: file on disk -> uint8 grayscale array.
 
-Training (train.data) and the board (device.classify) both call `load_image`, so
-the pixels the student learns from are the pixels the int8 model is fed.
-Bump CONTRACT_VERSION whenever the output of `load_image` can change for an
-ordinary image: caches and model metadata carry it, and the device applies the
-contract a model's sidecar names (CONTRACTS), refusing any other.
+Two steps, used by both sides: `decode_scan` (file -> grayscale PIL image) and `to_model_input` (framing by the
+contract, then resize). Training (train.data) calls them separately, to decode each file once for several sizes;
+the board (device.runtime) calls them through `load_scan`. So the pixels the student learns from are the pixels
+the int8 model is fed. Bump CONTRACT_VERSION whenever the output of `to_model_input` can change for an ordinary
+image: caches and model metadata carry it, and the device applies the contract a model's sidecar names
+(CONTRACTS), refusing any other.
 
   v1: pad to a square with black, resize.
   v2: crop to the head's bounding box, then resize (stretch) to the square. The training images were squashed to

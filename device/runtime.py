@@ -305,7 +305,11 @@ class Classifier:
         """Up to options.top_k predictions at or above options.min_confidence, most probable first; an empty
         list means 'uncertain' (or, with options.reject_ood, unlike the training data). Raises ImageError (one line)
         for an unusable input."""
-        result = self.assess(source)
+        return self.answer(self.assess(source))
+
+    def answer(self, result: Assessment) -> list[Prediction]:
+        """The answer rule, for the API and the CLI alike: no answer ('uncertain') for a scan unlike the training
+        data under options.reject_ood, else the top_k classes at or above options.min_confidence."""
         if self.options.reject_ood and not result.in_distribution:
             return []
         probs = result.probabilities

@@ -45,12 +45,11 @@ def train(args, out: Path, extra) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
-# Config fields that change the distilled student but not the scratch one.
-TEACHER_ONLY = {"teacher", "teacher_recipe", "teacher_members", "teacher_folds", "teacher_width", "teacher_weights",
-                "teacher_epochs", "teacher_lr", "teacher_dropout", "teacher_size", "teacher_augment", "label_smoothing",
-                "teacher_mixup", "teacher_cutmix", "teacher_ema", "teacher_drop_path", "teacher_patience",
-                "temperature", "alpha", "kd_loss", "dkd_beta", "dkd_tckd", "teacher_mode", "kd_mixup", "tta", "baseline",
-                "out"}
+# Config fields that change the distilled student but not the scratch one (a field of an older run that this
+# version no longer has counts as a difference: such a scratch student is not reused).
+TEACHER_ONLY = {"teacher", "teacher_recipe", "teacher_members", "teacher_weights", "teacher_epochs",
+                "teacher_head_epochs", "teacher_head_lr", "teacher_lr", "teacher_dropout", "teacher_size",
+                "label_smoothing", "temperature", "alpha", "kd_loss", "dkd_beta", "teacher_mode", "tta", "baseline", "out"}
 # Config fields that change where files go, not what is trained.
 NO_EFFECT = {"cache_dir"}
 

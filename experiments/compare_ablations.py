@@ -5,10 +5,9 @@
 Per seed, B's distilled student minus A's, on test and validation; then mean ± sd over the seeds both hold.
 The scratch student of a seed is the same model in both, so the paired difference cancels its noise.
 """
-import statistics
 import sys
 
-from experiments.ablation import load_report
+from experiments.ablation import load_report, mean_sd
 
 
 def by_seed(ref):
@@ -28,9 +27,5 @@ for s in seeds:
           f"{pb['student_val']:.2f} | {d_val[-1]:+.2f} |")
 
 
-def ms(v):
-    return f"{statistics.mean(v):+.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
-
-
-print(f"\nB - A over {len(seeds)} seeds: test {ms(d_test)}, val {ms(d_val)} points; "
+print(f"\nB - A over {len(seeds)} seeds: test {mean_sd(d_test, '+')}, val {mean_sd(d_val, '+')} points; "
       f"B ahead on test in {sum(d > 0 for d in d_test)}, on val in {sum(d > 0 for d in d_val)}")

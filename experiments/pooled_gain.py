@@ -8,9 +8,8 @@ accuracies; the gain is distilled minus scratch. The two splits disagree by up t
 where no epoch was picked on validation, so neither alone is the better estimate; pooled, the noise is smaller.
 """
 import argparse
-import statistics
 
-from experiments.ablation import load_report
+from experiments.ablation import load_report, mean_sd
 
 
 def pooled(acc_val: float, acc_test: float, n_val: int, n_test: int) -> float:
@@ -27,10 +26,6 @@ def gains(report: dict, n_val: int, n_test: int) -> dict:
     return out
 
 
-def ms(v) -> str:
-    return f"{statistics.mean(v):+.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", required=True, help="VAL,TEST image counts of the reports' split, e.g. 408,606")
@@ -41,7 +36,8 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for path in args.reports:
         g = gains(load_report(path), n_val, n_test)
-        print(f"| {path} | {len(g['test'])} | {ms(g['test'])} | {ms(g['val'])} | {ms(g['pooled'])} | "
+        print(f"| {path} | {len(g['test'])} | {mean_sd(g['test'], '+')} | {mean_sd(g['val'], '+')} | "
+              f"{mean_sd(g['pooled'], '+')} | "
               f"{sum(v > 0 for v in g['pooled'])}/{len(g['pooled'])} |")
     return 0
 

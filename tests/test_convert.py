@@ -149,7 +149,7 @@ def test_the_shipped_int8_student_carries_temperature_and_ood_statistics(convert
         assert not clf.assess(junk).in_distribution      # noise, a blank frame, a 1x1 grey image
     split = calibration.read_split(run)
     answered = np.mean([clf.assess(p).in_distribution for p in split["test"]])
-    assert answered > 0.75                                # the threshold keeps 95% of validation
+    assert answered > 0.75                                # the threshold keeps 97% of validation
 
 
 def test_ship_installs_the_verified_pair_and_its_card_and_drops_stale_models(converted, tmp_path):

@@ -91,7 +91,7 @@ def read_legacy_state_dict(path) -> dict[str, np.ndarray]:
 
 
 def keras_weights(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
-    """{Keras layer name: weights} for train.models.build_lite0_backbone's layer names, and the ImageNet head."""
+    """{Keras layer name: weights} for the layer names of train.models.lite0_features, and the ImageNet head."""
     def conv(w):       # (out, in, kh, kw) -> (kh, kw, in, out)
         return w.transpose(2, 3, 1, 0)
 

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from device.atomic import atomic_write_json
-from device.metrics import NO_TUMOUR, softmax, summarize, tumour_calls
+from device.metrics import NO_TUMOUR, pct, softmax, summarize, tumour_calls
 from train import fit
 from train.calibrate import calibration_report
 from train.data import Splits
@@ -119,9 +119,6 @@ def write(out: Path, cfg, splits: Splits, results: dict, seconds: dict, epoch_se
     return manifest
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{v:.2%}"
-
 
 def summary_table(manifest) -> str:
     rows = ["| model | params | MACs | val acc | test acc | test macro-F1 | train time |",
@@ -137,8 +134,8 @@ def summary_table(manifest) -> str:
     for name, r in manifest["results"].items():
         for folder, x in r.get("by_source", {}).get("test", {}).items():
             t = x["tumour_calls"] or {}
-            rows.append(f"{name} on {folder} (test): accuracy {_pct(x['accuracy'])}, tumour sensitivity "
-                        f"{_pct(t.get('sensitivity'))}, specificity {_pct(t.get('specificity'))}")
+            rows.append(f"{name} on {folder} (test): accuracy {pct(x['accuracy'])}, tumour sensitivity "
+                        f"{pct(t.get('sensitivity'))}, specificity {pct(t.get('specificity'))}")
     g = manifest.get("kd_gain_test_accuracy")
     if g is not None:
         rows.append(f"\nKD gain (distilled - baseline, test accuracy): {g * 100:+.2f} points")

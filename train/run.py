@@ -7,18 +7,18 @@ one continues from its last completed epoch.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from train import log
 from train.config import Config, ConfigError, add_flags, from_args
 from train.data import DataError, format_report, prepare
 
-
-def _log(msg):
-    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+_log = functools.partial(log, "train")
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 only, the baseline every KD gain is measured against. Finished students are reused on a re-run."""
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -9,13 +10,11 @@ import keras
 import numpy as np
 
 from device.metrics import NO_TUMOUR
-from train import fit
+from train import fit, log
 from train.config import Config
 from train.models import build_student
 
-
-def _log(msg):
-    print(f"[student {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+_log = functools.partial(log, "student")
 
 
 def class_weights(labels, n) -> np.ndarray:

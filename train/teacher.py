@@ -6,16 +6,16 @@ resumes member by member and never silently reuses a member trained differently.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from device.atomic import atomic_path, atomic_write_json
-from train import fit
+from train import fit, log
 from train.config import Config, ConfigError
 from train.models import build_efficientnet_lite0, build_efficientnetb0, build_student
 from train.pretrained import imagenet_weights
@@ -29,8 +29,7 @@ RECORD_FIELDS = {"augment": "augmentation", "epochs": "epochs", "lr": "--teacher
 REMOVED_OPTIONS = {"arch": "dw", "mixup": 0.0, "cutmix": 0.0, "ema": 0.0, "drop_path": 0.0, "folds": 0}
 
 
-def _log(msg):
-    print(f"[teacher {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+_log = functools.partial(log, "teacher")
 
 
 def load_given(cfg: Config, strategy):
