@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import write_report
+from bench import command_line, write_report
 from convert.tflite import VARIANTS
 from device.atomic import atomic_write_bytes
 from device.bench import cpu_name
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     result = {"run": run.name, "teacher_run": teacher_run.name,
               "reference_run": Path(a.reference_run).name if a.reference_run else None,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("bench", argv),
               "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "arch": platform.machine()},
               "threads": a.threads, "runs": a.runs, "kd_gain_test_accuracy": manifests[run].get("kd_gain_test_accuracy"),
               "rows": rows}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import write_report
+from bench import command_line, write_report
 from device.bench import labelled
 from device.metadata import ModelError
 from device.metrics import NO_TUMOUR, pct, tumour_calls
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         return cache[key]
 
     result = {"run": run.name, "data": str(root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "command": "python -m bench.external " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("bench.external", argv),
               "models": {}}
     for m in a.models.split(","):
         path = run / f"{m}.tflite"

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench import portable
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metadata import ModelError, read_metadata
 from device.metrics import pct
@@ -21,12 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 
+# The teachers' Keras model names (train/models.py), as the card names them.
+ARCHITECTURES = {"teacher_efficientnet_lite0": "EfficientNet-Lite0, ImageNet-pretrained",
+                 "teacher_efficientnetb0": "EfficientNetB0", "teacher_ensemble": "ensemble of CNNs (logits averaged)",
+                 "student_dwcnn": "a CNN of the student's family"}
+
+
 def teacher_name(manifest) -> str:
-    c = manifest["config"]
-    if c.get("teacher"):
-        return f"`{c['teacher']}`"
+    c, t = manifest["config"], manifest["results"]["teacher"]
+    if c.get("teacher"):  # given by path: named by what it is, and the run it came from
+        arch = ARCHITECTURES.get(t.get("architecture"), "a Keras model")
+        return f"{arch}, {t['input_size']} px (`{portable(c['teacher'])}`)"
     if c.get("teacher_recipe") == "lite0":
-        return f"EfficientNet-Lite0 (ImageNet weights, fine-tuned {c['teacher_head_epochs']} + {c['teacher_epochs']} epochs)"
+        return (f"EfficientNet-Lite0, ImageNet-pretrained, {t['input_size']} px (fine-tuned "
+                f"{c['teacher_head_epochs']} + {c['teacher_epochs']} epochs)")
     if c.get("teacher_recipe", "efficientnetb0") != "ensemble":
         return "EfficientNetB0"
     try:  # the run's own members, parsed as the run parsed them
@@ -192,7 +201,8 @@ def main(argv=None) -> int:
         if old.stem != "student_int8" and old.stem not in also:
             old.unlink()
             old.with_suffix(".json").unlink(missing_ok=True)
-    card = model_card(manifest, parity, meta, bench, external, {v: x[1] for v, x in also.items()})
+    # portable(): reports written before commands were recorded portably may still hold this machine's paths
+    card = portable(model_card(manifest, parity, meta, bench, external, {v: x[1] for v, x in also.items()}))
     atomic_write_bytes(dest / "MODEL_CARD.md", card.encode())
     read_metadata(dest / "student_int8.tflite")  # the shipped pair verifies
     print(f"shipped {run}/{a.model}.tflite -> {dest}/student_int8.tflite (with .json, MODEL_CARD.md)")

@@ -152,6 +152,24 @@ def test_the_shipped_int8_student_carries_temperature_and_ood_statistics(convert
     assert answered > 0.75                                # the threshold keeps 97% of validation
 
 
+def absolute_paths(text: str) -> list[str]:
+    """Absolute file paths in a text (URLs, relative paths and 'a / b' are not)."""
+    import re
+
+    return re.findall(r"(?<![\w.~:/])/[\w.-]+/[\w./-]*", text)
+
+
+def test_shipped_cards_and_sidecars_hold_no_absolute_path():
+    from tests.conftest import ROOT
+
+    assert absolute_paths("run /work/x/artifacts/r and C: /tmp/a.txt") == ["/work/x/artifacts/r", "/tmp/a.txt"]
+    assert absolute_paths("https://arxiv.org/abs/1 ../shared/data tumor/ 1 / 2") == []
+    shipped = sorted((ROOT / "device" / "models").glob("*.md")) + sorted((ROOT / "device" / "models").glob("*.json"))
+    assert shipped
+    for f in shipped:
+        assert absolute_paths(f.read_text()) == [], f.name
+
+
 def test_ship_installs_the_verified_pair_and_its_card_and_drops_stale_models(converted, tmp_path):
     from convert.ship import main as ship_main
 
@@ -161,9 +179,15 @@ def test_ship_installs_the_verified_pair_and_its_card_and_drops_stale_models(con
     dest.mkdir()
     (dest / "old_int8.tflite").write_bytes(b"stale")
     (dest / "old_int8.json").write_text("{}")
+    # a teacher given by an absolute path, as users give it: the card names what it is, not where it lay
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["config"]["teacher"] = str(tmp_path / "elsewhere" / "myrun" / "teacher.keras")
+    (run / "manifest.json").write_text(json.dumps(manifest))
     assert ship_main(["--run", str(run), "--dest", str(dest)]) == 0
     assert sorted(p.name for p in dest.iterdir()) == ["MODEL_CARD.md", "student_int8.json", "student_int8.tflite"]
     card = (dest / "MODEL_CARD.md").read_text()
+    assert absolute_paths(card) == [] and absolute_paths((dest / "student_int8.json").read_text()) == []
+    assert "ensemble of CNNs" in card and "`myrun/teacher.keras`" in card
     assert "Not a medical device" in card and "Scans unlike the training images" in card and "temperature" in card
     read_metadata(dest / "student_int8.tflite")
     assert ship_main(["--run", str(run), "--dest", str(dest), "--also", "teacher_int8"]) == 2  # not converted

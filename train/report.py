@@ -74,7 +74,8 @@ def evaluate(models: dict, splits: Splits, teacher_splits: Splits) -> dict:
     results = {}
     for name, model in models.items():
         s = teacher_splits if name == "teacher" else splits
-        entry = {"params": int(model.count_params()), "macs": count_macs(model), "input_size": int(model.input_shape[1])}
+        entry = {"architecture": model.name, "params": int(model.count_params()), "macs": count_macs(model),
+                 "input_size": int(model.input_shape[1])}
         logits, labels = {}, {}
         for split, images, idx in (("val", s.images, s.val), ("test", s.test_images, s.test)):
             z = fit.predict_logits(model, images.x[idx])
