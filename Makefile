@@ -83,8 +83,10 @@ test-fast: $(VENV)/.stamp $(DVENV)/.stamp
 test-train: $(VENV)/.stamp
 	$(PY) -m pytest -q tests --ignore=tests/device
 
-test-device: $(DVENV)/.stamp
+# The device venv has tflite-runtime (Python <= 3.11); the LiteRT cases run in .venv, which has LiteRT.
+test-device: $(DVENV)/.stamp $(VENV)/.stamp
 	$(DPY) -m pytest -q tests/device
+	$(PY) -m pytest -q tests/device -k litert
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check .

@@ -37,11 +37,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench(model, runtime="auto", threads=1, runs=200, warmup=20, verify=True) -> dict:
+def bench(model, runtime="auto", threads=1, runs=200, warmup=20) -> dict:
     from device.runtime import Classifier, ClassifierOptions
 
     t0 = time.perf_counter()
-    clf = Classifier(model, ClassifierOptions(runtime=runtime, threads=threads), verify=verify)
+    clf = Classifier(model, ClassifierOptions(runtime=runtime, threads=threads))
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (clf.size, clf.size), dtype=np.uint8)

@@ -27,7 +27,7 @@ from device import flatbuffer
 from device.metadata import ModelError, read_metadata
 from device.metrics import ranked
 from device.ood import Scorer
-from device.preprocess import CONTRACT_VERSION, ImageError, load_scan, to_model_input
+from device.preprocess import ImageError, load_scan, to_model_input
 
 RUNTIMES = {
     "tflite-runtime": "tflite_runtime.interpreter",
@@ -156,12 +156,11 @@ def _probe_in_child(Interpreter, path: Path, threads) -> None:
 class Classifier:
     """A verified model plus one interpreter, created once and reused for every image."""
 
-    def __init__(self, model_path=None, options: ClassifierOptions | None = None, *, verify: bool = True,
-                 quiet: bool = True):
+    def __init__(self, model_path=None, options: ClassifierOptions | None = None, *, quiet: bool = True):
         self.options = options or ClassifierOptions()
         self.options.validate()
         self.model_path = Path(model_path) if model_path is not None else PACKAGE_MODEL
-        self.meta = read_metadata(self.model_path) if verify else None
+        self.meta = read_metadata(self.model_path)
         self.notes: list[str] = []  # what the runtime choice had to say (e.g. a fallback), for the caller to show
         t0 = time.perf_counter()
         self.interpreter = self._open(quiet)
@@ -172,20 +171,19 @@ class Classifier:
         self.input_dtype = np.dtype(inp["dtype"])
         self.input_quant = tuple(inp["quantization"])
         self.size = int(inp["shape"][1])
-        widths = [int(o["shape"][-1]) for o in outputs]
-        n_labels = len(self.meta["labels"]) if self.meta is not None else min(widths)  # probabilities: narrowest
+        n_labels = len(self.meta["labels"])
         # Outputs are told apart by width (the converter does not keep their order): the class probabilities,
         # and for models with OOD statistics the pooled features those were fitted on.
         probs = [o for o in outputs if int(o["shape"][-1]) == n_labels]
-        ood = (self.meta or {}).get("ood")
+        ood = self.meta.get("ood")
         feats = [o for o in outputs if ood and int(o["shape"][-1]) == ood["features"]]
-        if self.meta is not None and (self.meta["input"]["size"] != self.size or not probs or (ood and not feats)):
+        if self.meta["input"]["size"] != self.size or not probs or (ood and not feats):
             raise ModelError(f"{self.model_path.name}: model tensors do not match its metadata")
-        self._out = probs[0] if probs else outputs[0]
+        self._out = probs[0]
         self._feat = feats[0] if feats else None
-        self.labels = list(self.meta["labels"]) if self.meta is not None else [str(i) for i in range(n_labels)]
+        self.labels = list(self.meta["labels"])
         # The framing the model was trained with: a v1 model keeps its pad-to-square input.
-        self.contract = self.meta["preprocess"]["contract_version"] if self.meta is not None else CONTRACT_VERSION
+        self.contract = self.meta["preprocess"]["contract_version"]
         try:
             self.ood = Scorer(ood, n_labels) if ood else None
         except (KeyError, TypeError, ValueError) as e:

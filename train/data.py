@@ -248,9 +248,9 @@ class Splits:
         return dataclasses.replace(self, images=imgs, test_images=timgs)
 
 
-def prepare(cfg, size: int | None = None, log=print) -> Splits:
-    """Load, split and leakage-check according to a train.config.Config."""
-    size = size or cfg.image_size
+def prepare(cfg) -> Splits:
+    """Load, split and leakage-check according to a train.config.Config, at the student's --image-size."""
+    size = cfg.image_size
     t0 = time.time()
     imgs = load_sources(cfg.data_folders, size, cfg.cache_dir)
     # Split per source and class: every source has its own validation and test images.
