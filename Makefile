@@ -36,16 +36,16 @@ SHIP_ARGS ?=
 
 all: data distill tflite parity
 
-# Environments install only when their requirements change (stamp files). The project itself is installed
-# editable (pyproject.toml), so every module imports from anywhere without path tricks.
-$(VENV)/.stamp: requirements.txt pyproject.toml
+# Environments install only when their requirements change (stamp files). The device package is installed
+# editable (pyproject.toml); train/, convert/ and bench/ run from this checkout (every command runs from here).
+$(VENV)/.stamp: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e ".[train]"
+	$(VENV)/bin/pip install -q -e ".[train,dev]"
 	touch $@
 
-$(DVENV)/.stamp: device/requirements.txt pyproject.toml
+$(DVENV)/.stamp: device/requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(DVENV)
-	$(DVENV)/bin/pip install -q -e ".[device]" pytest
+	$(DVENV)/bin/pip install -q -e ".[device,dev]"
 	touch $@
 
 venv: $(VENV)/.stamp $(DVENV)/.stamp
@@ -69,7 +69,7 @@ parity: $(VENV)/.stamp
 EXTERNAL ?= ../shared/data/external-dev
 
 bench: $(VENV)/.stamp $(DVENV)/.stamp
-	$(PY) -m bench --run $(OUT) $(BENCH_ARGS)
+	$(PY) -m bench --run $(OUT) --python $(DPY) --python $(PY) $(BENCH_ARGS)
 	if [ -d "$(EXTERNAL)" ]; then $(PY) -m bench.external --run $(OUT) --data $(EXTERNAL); fi
 
 # Tests: training/convert side in .venv, device side in .venv-device (no TensorFlow there).

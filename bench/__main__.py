@@ -24,12 +24,23 @@ from bench import command_line, write_report
 from convert.tflite import VARIANTS
 from device.atomic import atomic_write_bytes
 from device.bench import cpu_name
+from device.runtime import RUNTIMES
 from train.config import RUN_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-# Which interpreter each runtime's numbers come from: tflite-runtime lives in the
-# device venv (numpy<2); LiteRT in the training venv (numpy 2).
-RUNTIMES = (("tflite-runtime", ROOT / ".venv-device/bin/python"), ("litert", ROOT / ".venv/bin/python"))
+
+
+def interpreters(pythons: list[str]) -> dict[str, str]:
+    """{runtime: the first of `pythons` that imports it}. tflite-runtime needs numpy<2 and LiteRT works with
+    numpy 2, so they usually live in two environments (`make bench` passes the device venv and .venv)."""
+    found = {}
+    for runtime, module in RUNTIMES.items():
+        for python in pythons:
+            ok = subprocess.run([python, "-c", f"import {module}"], capture_output=True, cwd=ROOT).returncode == 0
+            if ok:
+                found[runtime] = python
+                break
+    return found
 
 RSS_PROBE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
              "p = subprocess.run(sys.argv[1:], capture_output=True); w = time.perf_counter() - t; "
@@ -54,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--reference-run", help="also time this run's teacher_fp32 as 'reference_fp32' (e.g. the "
                                           "EfficientNetB0 teacher of an older run); ratios stay against teacher_fp32")
     p.add_argument("--out", help="report folder (default: <run>/bench)")
+    p.add_argument("--python", action="append", default=[], metavar="PATH",
+                   help="a Python interpreter to time the runtimes it has (repeat; default: this one)")
     a = p.parse_args(argv)
     run = Path(a.run)
     teacher_run = Path(a.teacher_run) if a.teacher_run else run
@@ -72,9 +85,11 @@ def main(argv=None) -> int:
     csv.writer(rows).writerows((p, Path(p).parent.name) for p in split["test"])
     atomic_write_bytes(labels_csv, rows.getvalue().encode())
     rows = []
-    for runtime, python in RUNTIMES:
-        if not python.exists():
-            print(f"skip {runtime}: {python} missing")
+    found = interpreters(a.python or [sys.executable])
+    for runtime in RUNTIMES:
+        python = found.get(runtime)
+        if python is None:
+            print(f"skip {runtime}: not installed in {', '.join(a.python or [sys.executable])}")
             continue
         for v, src, file_variant in todo:
             model = src / f"{file_variant}.tflite"

@@ -207,10 +207,17 @@ def test_external_evaluation_reports_each_source_tumour_calls_and_the_ood_flag(c
     r = json.loads((run / "bench" / "external.json").read_text())["models"]["student_int8"]
     assert set(r) == {"in-distribution test split", "siteA", "siteB", "all"}
     assert r["all"] == {"n": 0, "unreadable": 1}                     # the broken file, with no source prefix
+    clf = Classifier(run / "student_int8.tflite")
     for src in ("siteA", "siteB"):
         s = r[src]
         assert s["n"] == 6 and s["tumour"] == 3 and s["no_tumour"] == 3
-        assert 0 <= s["sensitivity"] <= 1 and 0 <= s["specificity"] <= 1 and 0 <= s["ood_rate"] <= 1
+        # the same figures from the device's own answers on that source's files
+        files = sorted(ext.glob(f"*/{src}__*.jpg"))
+        seen = {f: clf.assess(f) for f in files}
+        called = {f: clf.labels[int(a.probabilities.argmax())] != "notumor" for f, a in seen.items()}
+        assert s["sensitivity"] == pytest.approx(np.mean([called[f] for f in files if f.parent.name == "glioma"]))
+        assert s["specificity"] == pytest.approx(np.mean([not called[f] for f in files if f.parent.name == "notumor"]))
+        assert s["ood_rate"] == pytest.approx(np.mean([not a.in_distribution for a in seen.values()]))
         assert sum(sum(v.values()) for v in s["labels_given"].values()) == 6
     assert "siteA" in (run / "bench" / "external.md").read_text()
     assert external_main(["--run", str(run), "--data", str(tmp_path / "nowhere")]) == 2

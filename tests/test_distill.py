@@ -78,15 +78,14 @@ def test_teacher_stays_frozen_and_student_learns(cached):
     size = 16
     teacher, student = _teacher(size), build_student(size, 4, width=0.25)
     before_t = [w.copy() for w in teacher.get_weights()]
-    before_s = [w.copy() for w in student.get_weights()]
     x = np.random.default_rng(0).integers(0, 255, (8, size, size, 1)).astype(np.float32)
     y = np.arange(8) % 4
     d = Distiller(student, teacher, temperature=4.0, alpha=0.5)
     d.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
     target = {"label": y, "teacher_logits": teacher.predict(x, verbose=0)} if cached else y
-    d.fit(x, target, epochs=1, batch_size=8, verbose=0)
+    losses = d.fit(x, target, epochs=15, batch_size=8, verbose=0).history["loss"]
     assert all(np.array_equal(a, b) for a, b in zip(before_t, teacher.get_weights()))
-    assert any(not np.array_equal(a, b) for a, b in zip(before_s, student.get_weights()))
+    assert losses[-1] < 0.5 * losses[0]  # on one fixed batch, the distillation loss must fall
 
 
 def test_consistent_teacher_scores_the_very_batch_the_student_sees():

@@ -54,8 +54,15 @@ def test_fuzzed_files_each_get_one_json_record_in_bounded_memory(model, tmp_path
     d.mkdir()
     rng = np.random.default_rng(2026)
     for ext, data in seeds().items():
+        (d / f"seed.{ext}").write_bytes(data)              # unmutated: must classify
         for i in range(N_PER_SEED):
             (d / f"{ext}{i:03d}.{ext}").write_bytes(mutate(data, rng))
+    # mutations with a known answer: the one line each must say
+    must_fail = {"empty.jpg": (b"", "empty file"), "text.png": (b"just some text, no picture" * 4, "not an image"),
+                 "half.png": (seeds()["png"][:60], "corrupt or truncated"),
+                 "nopixels.dcm": (seeds()["dcm"][:2000], "DICOM")}
+    for name, (data, _) in must_fail.items():
+        (d / name).write_bytes(data)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "device.classify", "--model", str(model), "--json", str(d)],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
@@ -63,6 +70,13 @@ def test_fuzzed_files_each_get_one_json_record_in_bounded_memory(model, tmp_path
     rows = [json.loads(line) for line in p.stdout.splitlines()]  # every line is JSON
     assert "Traceback" not in p.stderr and p.returncode == 1, p.stderr[-2000:]
     assert sorted(os.path.basename(r["path"]) for r in rows) == sorted(f.name for f in d.iterdir())
+    by_name = {os.path.basename(r["path"]): r for r in rows}
+    for ext in ("jpg", "png", "tif", "dcm"):
+        assert "error" not in by_name[f"seed.{ext}"] and by_name[f"seed.{ext}"]["label"] in ("glioma", "meningioma",
+                                                                                            "notumor", "pituitary")
+    for name, (_, says) in must_fail.items():
+        assert says in by_name[name].get("error", ""), (name, by_name[name])
     failed = [r for r in rows if "error" in r]
-    assert failed and all(r["error"] and "\n" not in r["error"] for r in failed)
-    assert len(failed) < len(rows)  # most mutations still decode to something
+    assert all(r["error"] and "\n" not in r["error"] for r in failed)
+    # a bit flip in a picture's pixel data still decodes: most mutations must give an answer, not an error
+    assert len(failed) < 0.6 * len(rows), len(failed)

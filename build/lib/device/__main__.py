@@ -1,0 +1,3 @@
+from device.classify import run
+
+run()

@@ -1,0 +1,250 @@
+"""Classify brain-MRI slices on the board.  NOT a medical device: research and education only.
+
+    python -m device.classify scan.jpg [scan.dcm folder/ ...] [--json | --csv]
+
+Images (.jpg .png .bmp .tif .gif .webp) and DICOM files (.dcm, or any file with the DICM preamble); folders are
+searched recursively, symbolic links to folders are followed once. Every input that cannot be classified gets one
+line saying why, and the others still run.
+
+Every answer says whether the scan looks like the model's training images (`in_distribution`, from the model's
+own features; see device/ood.py); with --reject-ood a scan that does not is answered "uncertain".
+
+Exit codes: 0 all inputs classified, 1 some inputs failed, 2 usage or model error, 3 internal error (a bug:
+please report it with --verbose output).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import errno
+import json
+import os
+import stat
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+from device.metadata import ModelError
+from device.metrics import ranked
+from device.preprocess import ImageError, is_dicom_file, is_image_path
+from device.runtime import RUNTIMES
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+IMAGE_KINDS = ".jpg/.jpeg/.png/.bmp/.tif/.gif/.webp/.dcm or DICOM"
+
+
+def shown(path) -> str:
+    """A path printable on any terminal: bytes that are not UTF-8 appear as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _stat(p: Path):
+    """(stat following links, None), or (None, why not) for a broken link, a loop or an unreadable entry."""
+    try:
+        return os.stat(p), None
+    except FileNotFoundError:
+        return None, ("broken symbolic link" if p.is_symlink() else "no such file or folder")
+    except OSError as e:
+        return None, ("symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror or e})")
+
+
+def _walk(folder: Path, ancestors: frozenset, top: bool):
+    """Yield (path, problem-or-None) for every candidate file under folder, and a problem for everything skipped.
+    A link to a folder is followed, unless it leads back into the folders being walked (a loop)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except PermissionError:
+        yield folder, "permission denied (folder cannot be read)"
+        return
+    except OSError as e:
+        yield folder, f"folder cannot be read ({e.strerror or e})"
+        return
+    found = False
+    for e in entries:
+        p = Path(e.path)
+        st, problem = _stat(p)
+        if problem:
+            yield p, problem
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in ancestors:
+                yield p, "symbolic link loop (leads back to a folder being searched)"
+                continue
+            for item in _walk(p, ancestors | {(st.st_dev, st.st_ino)}, False):
+                found = True
+                yield item
+        elif stat.S_ISREG(st.st_mode):
+            if is_image_path(e.name) or ("." not in e.name and is_dicom_file(p)):
+                found = True
+                yield p, None
+        elif is_image_path(e.name):
+            yield p, f"{_kind(st.st_mode)}, not an image file"
+    if top and not found:
+        yield folder, f"folder contains no images ({IMAGE_KINDS})"
+
+
+def expand(paths):
+    """Yield (path, problem-or-None): files as given, folders recursively, and a line for everything skipped."""
+    for raw in paths:
+        p = Path(raw)
+        st, problem = _stat(p)
+        if problem:
+            yield p, problem
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(p, frozenset({(st.st_dev, st.st_ino)}), True)
+        elif stat.S_ISREG(st.st_mode):
+            yield p, None
+        else:  # never open() a FIFO or a device: it can block forever
+            yield p, f"{_kind(st.st_mode)}, not an image file"
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 too; keep it to one line
+        raise UsageError(message)
+
+
+def build_parser():
+    p = Parser(prog="python -m device.classify", description=__doc__.splitlines()[0])
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image or DICOM files and/or folders")
+    p.add_argument("--model", help="a .tflite with its .json sidecar (default: the model in device/models/)")
+    p.add_argument("--top-k", type=int, default=1, help="labels to show per image (human output)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object per line")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+    p.add_argument("--threads", type=int, default=None, help="interpreter threads, >= 1 (default: runtime's choice)")
+    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES])
+    p.add_argument("--min-confidence", type=float, default=0.0,
+                   help="below this top probability the answer is 'uncertain' (0..1)")
+    p.add_argument("--reject-ood", action="store_true",
+                   help="answer 'uncertain' for scans unlike the training images (out of distribution)")
+    p.add_argument("--verbose", action="store_true", help="show library warnings and, on a crash, the traceback")
+    return p
+
+
+def main(argv=None) -> int:
+    from device.runtime import ClassifierOptions  # light: no interpreter is imported yet, RUNTIMES
+
+    try:
+        a = build_parser().parse_args(argv)
+        options = ClassifierOptions(runtime=a.runtime, threads=a.threads, top_k=a.top_k,
+                                    min_confidence=a.min_confidence, reject_ood=a.reject_ood)
+        options.validate()
+    except (UsageError, ValueError) as e:
+        print(f"error: {str(e).replace('top_k', '--top-k').replace('min_confidence', '--min-confidence')} "
+              f"(see --help)", file=sys.stderr)
+        return EXIT_USAGE
+    if not a.verbose:
+        warnings.simplefilter("ignore")
+    try:
+        return classify_all(a, options)
+    except Exception as e:  # a bug, not bad input: say so distinctly
+        print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(exit 3; re-run with --verbose for the traceback)", file=sys.stderr)
+        if a.verbose:
+            traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+def classify_all(a, options) -> int:
+    from device.runtime import Classifier
+
+    try:
+        clf = Classifier(a.model, options, quiet=not a.verbose)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    for note in clf.notes:
+        print(f"note: {note}", file=sys.stderr)
+    writer = None
+    if a.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "label", "probability", *clf.labels, "in_distribution", "ood_score", "latency_ms",
+                         "note", "error"])
+    n_ok = n_bad = attempted = crashed = 0
+    for path, problem in expand(a.paths):
+        t0 = time.perf_counter()
+        notes = []
+        attempted += problem is None
+        if problem is None:
+            try:
+                result = clf.assess(path)
+            except ImageError as e:
+                problem = str(e)
+            except MemoryError:
+                problem = "not enough memory to classify this image"
+            except Exception as e:  # a bug: this file's record says so, the batch goes on, the exit code is 3
+                crashed += 1
+                problem = f"internal error: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+                if a.verbose:
+                    traceback.print_exc()
+        ms = (time.perf_counter() - t0) * 1000
+        if problem is not None:
+            n_bad += 1
+            if a.json:
+                print(json.dumps({"path": str(path), "error": problem}), flush=True)
+            elif writer:
+                writer.writerow([shown(path), "", "", *[""] * len(clf.labels), "", "", "", "", problem])
+            else:
+                print(f"{shown(path)}: error: {problem}", file=sys.stderr, flush=True)
+            continue
+        n_ok += 1
+        probs, notes, known = result.probabilities, list(result.notes), result.in_distribution
+        order = ranked(probs)
+        top = int(order[0])
+        answer = clf.answer(result)
+        label = answer[0].label if answer else "uncertain"
+        score = None if result.ood_score is None else round(result.ood_score, 3)
+        if a.json:
+            record = {"path": str(path), "label": label, "probability": round(float(probs[top]), 4),
+                      "probabilities": {c: round(float(v), 4) for c, v in zip(clf.labels, probs)},
+                      "in_distribution": known, "ood_score": score, "latency_ms": round(ms, 2)}
+            print(json.dumps(record | ({"note": "; ".join(notes)} if notes else {})), flush=True)
+        elif writer:
+            writer.writerow([shown(path), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs],
+                             "" if known is None else str(known).lower(), "" if score is None else f"{score:.3f}",
+                             f"{ms:.2f}", "; ".join(notes), ""])
+        else:
+            if known is False:
+                notes.insert(0, f"unlike the training images (OOD score {score:.2f} > 1)")
+            top_k = ", ".join(f"{clf.labels[i]} {probs[i]:.1%}" for i in order[: options.top_k])
+            note = f"  [{'; '.join(notes)}]" if notes else ""
+            print(f"{shown(path)}: {label}  ({top_k})  {ms:.1f} ms{note}", flush=True)
+    if attempted == 0:  # nothing but missing paths, empty folders or non-files: a usage error
+        return EXIT_USAGE
+    if n_bad and not (a.json or a.csv):
+        print(f"{n_bad} of {n_ok + n_bad} inputs failed", file=sys.stderr)
+    if crashed:
+        print(f"internal error on {crashed} input(s): exit 3 (please report it, with --verbose output)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_SOME_FAILED if n_bad else EXIT_OK
+
+
+def run() -> None:
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:  # e.g. piped into `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,333 @@
+"""The preprocessing contract: file on disk -> uint8 grayscale array.
+
+Two steps, used by both sides: `decode_scan` (file -> grayscale PIL image) and `to_model_input` (framing by the
+contract, then resize). Training (train.data) calls them separately, to decode each file once for several sizes;
+the board (device.runtime) calls them through `load_scan`. So the pixels the student learns from are the pixels
+the int8 model is fed. Bump CONTRACT_VERSION whenever the output of `to_model_input` can change for an ordinary
+image: caches and model metadata carry it, and the device applies the contract a model's sidecar names
+(CONTRACTS), refusing any other.
+
+  v1: pad to a square with black, resize.
+  v2: crop to the head's bounding box, then resize (stretch) to the square. The training images were squashed to
+      224x224 squares by their redistributors and their head fills 68 to 90% of the frame depending on the class;
+      real scans come at other aspect ratios and framings. Cropping to the head gives every scan one framing, so
+      neither the frame nor the aspect ratio can stand in for the class (docs/research.md, Q11).
+
+Memory is bounded by the pixel-count check, never by what a header claims: no
+buffer grows with max(width, height)^2, and wide 16-bit or transparent images
+are converted a band of rows at a time.
+"""
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+CONTRACT_VERSION = 2          # what training writes now
+CONTRACTS = (1, 2)            # what the device can still apply (a v1 model keeps working)
+PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+IMAGE_EXTENSIONS = PICTURE_EXTENSIONS + DICOM_EXTENSIONS
+# Fixed filter: the resampling filter changes pixels, so it is part of the contract.
+RESAMPLE = Image.Resampling.BILINEAR
+# A scan is at most a few thousand pixels across; anything larger is refused
+# before decoding so a hostile or broken file cannot eat the board's memory.
+MAX_PIXELS = 40_000_000
+# Up to this side an image is padded to a square at full resolution, then resized (the contract's exact
+# pixels). A longer side (a strip claiming 62,298 px, say) is first reduced by an integer box filter to at most
+# this side, so the square canvas never exceeds ORDINARY_SIDE^2 bytes (16 MB).
+ORDINARY_SIDE = 4096
+BAND_PIXELS = 1 << 20  # rows converted at a time for 16-bit and transparent images
+# Head crop (v2): found on a thumbnail of at most THUMB_SIDE pixels, blurred so that JPEG noise and the dark gap
+# between skull and brain do not split the head; a pixel is "head" above HEAD_LEVEL of the thumbnail's 99th
+# percentile (and above HEAD_FLOOR grey levels); the largest 8-connected region wins, so text, rulers and
+# noise specks beside the head are left out. A region smaller than MIN_HEAD of the thumbnail means no head was
+# found: the whole image is used.
+THUMB_SIDE = 128
+HEAD_LEVEL = 0.10
+HEAD_FLOOR = 8
+MIN_HEAD = 0.01
+HEAD_MARGIN = 0.03            # of the box's longer side, on every side
+DICOM_MAGIC_OFFSET = 128
+
+# Pillow's own bomb guard would answer before ours (with its own wording) above 2 x its limit: ours decides.
+Image.MAX_IMAGE_PIXELS = None
+# Warnings about odd files (EXIF, palette transparency) once per run, not once per file.
+warnings.filterwarnings("once", module="PIL")
+
+
+class ImageError(ValueError):
+    """A file that cannot be turned into a model input; the message says why."""
+
+
+def is_image_path(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_dicom_file(path) -> bool:
+    """A DICOM Part 10 file: 'DICM' after the 128-byte preamble (whatever its name)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _bands(img: Image.Image):
+    """(top, bottom) row ranges of about BAND_PIXELS pixels each."""
+    w, h = img.size
+    step = max(1, BAND_PIXELS // max(w, 1))
+    for top in range(0, h, step):
+        yield top, min(h, top + step)
+
+
+def _to_grayscale(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit scans: stretch the used range to 8 bits instead of clipping (float64, band by band).
+        lo, hi = (float(v) for v in img.getextrema())
+        out = Image.new("L", img.size, 0)
+        if hi > lo:
+            for top, bottom in _bands(img):
+                a = np.asarray(img.crop((0, top, img.width, bottom)), dtype=np.float64)
+                band = np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+                out.paste(Image.fromarray(band, mode="L"), (0, top))
+        return out
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # MRI background is black: composite transparency onto black, band by band.
+        out = Image.new("L", img.size, 0)
+        for top, bottom in _bands(img):
+            rgba = img.crop((0, top, img.width, bottom)).convert("RGBA")
+            black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            out.paste(Image.alpha_composite(black, rgba).convert("L"), (0, top))
+        return out
+    return img.convert("L")
+
+
+def _check_size(w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"image too large ({w}x{h} = {w * h:,} pixels > {MAX_PIXELS:,} limit)")
+
+
+def _decode_picture(path) -> Image.Image:
+    with open(path, "rb") as fh:
+        if not fh.read(1):
+            raise ImageError("empty file (0 bytes)")
+        fh.seek(0)
+        img = Image.open(fh)
+        _check_size(*img.size)
+        img.seek(0)
+        w, h = img.size
+        if img.format == "JPEG" and max(w, h) > ORDINARY_SIDE:
+            # decode at a DCT-reduced scale: the full-size decode would be thrown away anyway
+            img.draft("L", (math.ceil(w * ORDINARY_SIDE / max(w, h)), math.ceil(h * ORDINARY_SIDE / max(w, h))))
+        img.load()
+    ImageOps.exif_transpose(img, in_place=True)  # in place: a copy would double the peak memory
+    return _to_grayscale(img)
+
+
+def _frame_notes(n_frames: int, index: int) -> list[str]:
+    return [f"multi-frame DICOM: frame {index + 1} of {n_frames} (the middle one) classified"] if n_frames > 1 else []
+
+
+def _decode_dicom(path) -> tuple[Image.Image, list[str]]:
+    """A DICOM slice as 8-bit grayscale: modality rescale, the file's window (else a robust 0.5-99.5 percentile
+    window), MONOCHROME1 inverted; the middle frame of a multi-frame file."""
+    try:
+        import pydicom  # noqa: F401
+    except ImportError:
+        raise ImageError("DICOM file, but pydicom is not installed (pip install -r device/requirements.txt)") from None
+    try:
+        return _dicom_pixels(path)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as e:  # pydicom parses lazily and raises many types on malformed files
+        raise ImageError(f"unreadable DICOM ({(str(e).splitlines() or [''])[0][:120] or type(e).__name__})") from None
+
+
+def _first(value) -> float:
+    """A numeric tag's value, or the first of several (pydicom's MultiValue is a Sequence)."""
+    return float(value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value)
+
+
+def _dicom_pixels(path) -> tuple[Image.Image, list[str]]:
+    import pydicom
+    from pydicom.pixels import pixel_array
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        raise ImageError(f"compressed DICOM ({syntax.name}) needs a codec this package does not ship; "
+                         f"export it uncompressed (e.g. dcmdjpeg / gdcmconv --raw)")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows < 1 or cols < 1:
+        raise ImageError("DICOM file without an image (no rows / columns)")
+    _check_size(cols, rows)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames < 1 or frames * rows * cols > 4 * MAX_PIXELS:
+        raise ImageError(f"DICOM with {frames} frames of {cols}x{rows} is beyond this device's limits")
+    index = frames // 2
+    arr = pixel_array(path, index=index if frames > 1 else None)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour secondary capture
+        return _to_grayscale(Image.fromarray(arr[..., :3].astype(np.uint8), "RGB")), _frame_notes(frames, index)
+    if arr.ndim != 2:
+        raise ImageError(f"DICOM pixel data of shape {arr.shape} is not a 2-D slice")
+    x = arr.astype(np.float32) * _first(ds.get("RescaleSlope", 1) or 1) + _first(ds.get("RescaleIntercept", 0) or 0)
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is not None and width is not None:
+        c, w = _first(center), max(_first(width), 1.0)
+        lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+    else:
+        lo, hi = (float(v) for v in np.percentile(x, [0.5, 99.5]))
+    x = np.zeros_like(x) if not hi > lo else np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    gray = np.round(np.nan_to_num(x)).astype(np.uint8)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        gray = 255 - gray  # MONOCHROME1: low values are white
+    return Image.fromarray(gray, mode="L"), _frame_notes(frames, index)
+
+
+def _runs(row: np.ndarray) -> tuple[list[int], list[int]]:
+    """Starts and (exclusive) ends of the True runs of a boolean row."""
+    d = np.diff(np.concatenate(([0], row.astype(np.int8), [0])))
+    return np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()
+
+
+def largest_region_box(mask: np.ndarray) -> tuple[int, int, int, int, int] | None:
+    """(left, top, right, bottom, area) of the largest 8-connected True region (right/bottom exclusive), or None.
+
+    Run-length union-find: rows are scanned once and runs that touch a run of the row above are merged, so it
+    costs O(runs) in plain numpy + Python, with no SciPy on the board."""
+    parent: list[int] = []
+    info: list[list[int]] = []   # per run: left, top, right, bottom, area
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    prev: list[tuple[int, int, int]] = []
+    for y in range(mask.shape[0]):
+        cur = []
+        j = 0
+        for s, e in zip(*_runs(mask[y])):
+            rid = len(parent)
+            parent.append(rid)
+            info.append([s, y, e, y + 1, e - s])
+            while j < len(prev) and prev[j][1] < s:   # runs above that end before this one's diagonal reach
+                j += 1
+            k = j
+            while k < len(prev) and prev[k][0] <= e:  # 8-connected: [ps, pe) touches [s - 1, e + 1)
+                a, b = find(prev[k][2]), find(rid)
+                if a != b:
+                    parent[b] = a
+                    ia, ib = info[a], info[b]
+                    info[a] = [min(ia[0], ib[0]), min(ia[1], ib[1]), max(ia[2], ib[2]), max(ia[3], ib[3]),
+                               ia[4] + ib[4]]
+                k += 1
+            cur.append((s, e, rid))
+        prev = cur
+    roots = [info[i] for i in range(len(parent)) if parent[i] == i]
+    return tuple(max(roots, key=lambda r: r[4])) if roots else None
+
+
+def head_box(img: Image.Image) -> tuple[int, int, int, int] | None:
+    """The head's bounding box in `img` (PIL box: left, top, right, bottom), with a margin; None = no head found."""
+    factor = max(1, math.ceil(max(img.size) / THUMB_SIDE))
+    thumb = img.reduce(factor) if factor > 1 else img
+    blurred = np.asarray(thumb.filter(ImageFilter.BoxBlur(1)), dtype=np.uint8)
+    level = max(HEAD_FLOOR, HEAD_LEVEL * float(np.percentile(blurred, 99)))
+    box = largest_region_box(blurred > level)
+    if box is None or box[4] < MIN_HEAD * blurred.size:
+        return None
+    # The blur joins the head's parts but widens it by a pixel: the box is the unblurred pixels inside it.
+    x0, y0, x1, y1 = box[:4]
+    raw = np.asarray(thumb, dtype=np.uint8)[y0:y1, x0:x1] > level
+    rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
+    if len(rows):
+        x0, y0, x1, y1 = x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1
+    left, top, right, bottom = (int(v) * factor for v in (x0, y0, x1, y1))
+    margin = math.ceil(HEAD_MARGIN * max(right - left, bottom - top))
+    return (max(0, left - margin), max(0, top - margin), min(img.width, right + margin),
+            min(img.height, bottom + margin))
+
+
+def to_model_input(img: Image.Image, size: int, contract: int = CONTRACT_VERSION) -> np.ndarray:
+    """A grayscale image framed by the contract (v1: padded to a square; v2: cropped to the head) and resized."""
+    if contract not in CONTRACTS:
+        raise ValueError(f"preprocessing contract v{contract} is not one of {CONTRACTS}")
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageError("image has no pixels")
+    if max(w, h) > ORDINARY_SIDE:
+        factor = math.ceil(max(w, h) / ORDINARY_SIDE)
+        img = img.reduce(factor)
+        w, h = img.size
+    if contract >= 2:
+        box = head_box(img)
+        if box is not None and box != (0, 0, w, h):
+            img = img.crop(box)
+        if img.size != (size, size):
+            img = img.resize((size, size), RESAMPLE)
+        return np.asarray(img, dtype=np.uint8).copy()
+    side = max(w, h)
+    if w != h:
+        square = Image.new("L", (side, side), 0)
+        square.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = square
+    if side != size:
+        img = img.resize((size, size), RESAMPLE)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def load_scan(path, size: int, contract: int = CONTRACT_VERSION) -> tuple[np.ndarray, list[str]]:
+    """load_image, plus notes on what was chosen for the caller to show (e.g. which frame of a DICOM series)."""
+    img, notes = decode_scan(path)
+    try:
+        return to_model_input(img, size, contract), notes
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image") from None
+
+
+def decode_scan(path) -> tuple[Image.Image, list[str]]:
+    """A file as a grayscale PIL image, before framing and resizing (so one decode can serve several sizes),
+    and notes on what was chosen. Raises ImageError with a one-line reason for anything unusable."""
+    notes: list[str] = []
+    try:
+        name = str(path).lower()
+        # A picture's own extension decides without a second open; other names are sniffed for the DICM preamble.
+        if name.endswith(DICOM_EXTENSIONS) or (not name.endswith(PICTURE_EXTENSIONS) and is_dicom_file(path)):
+            img, notes = _decode_dicom(path)
+        else:
+            img = _decode_picture(path)
+        return img, notes
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format)") from None
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError) as e:
+        # PIL reports truncated / corrupt data as OSError ("image file is truncated") and worse.
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageError(f"corrupt or truncated image ({why})") from None
+
+
+def load_image(path, size: int, contract: int = CONTRACT_VERSION) -> np.ndarray:
+    """Decode `path` into a (size, size) uint8 grayscale array.
+
+    Steps, in order: first frame only (DICOM: the middle frame, windowed to 8 bits); EXIF orientation applied;
+    grayscale (RGB-encoded grayscale collapses to the same values); cropped to the head's bounding box (v1: padded
+    with black to a square); resized with RESAMPLE. Raises ImageError with a one-line reason for anything unusable.
+    """
+    return load_scan(path, size, contract)[0]

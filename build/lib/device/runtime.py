@@ -1,0 +1,315 @@
+"""The Python API for apps on the board, and the one inference path the CLI, the bench and the parity gate run.
+
+    from device.runtime import Classifier, ClassifierOptions
+    clf = Classifier(options=ClassifierOptions(top_k=2, min_confidence=0.8))   # the shipped model
+    for p in clf.classify("scan.dcm"):                                          # a path, or a 2-D uint8 array
+        print(p.label, p.probability)
+    r = clf.assess("scan.dcm")           # all probabilities, and whether the scan looks like the training data
+    print(r.probabilities, r.in_distribution, r.ood_score)
+
+tflite-runtime first (Pi OS Bookworm, 32-bit Pi OS), LiteRT (`ai-edge-litert`) when it is missing or cannot run
+(Python >= 3.12, e.g. Pi OS Trixie; or numpy 2 beside tflite-runtime). Never TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from device import flatbuffer
+from device.metadata import ModelError, read_metadata
+from device.metrics import ranked
+from device.ood import Scorer
+from device.preprocess import ImageError, load_scan, to_model_input
+
+RUNTIMES = {
+    "tflite-runtime": "tflite_runtime.interpreter",
+    "litert": "ai_edge_litert.interpreter",
+}
+PACKAGE_MODEL = Path(__file__).resolve().parent / "models" / "student_int8.tflite"
+
+
+class RuntimeMissing(ModelError):
+    pass
+
+
+@dataclass
+class ClassifierOptions:
+    runtime: str = "auto"           # auto | tflite-runtime | litert
+    threads: int | None = None      # interpreter threads; None = the runtime's choice
+    top_k: int = 1                  # predictions returned by classify()
+    min_confidence: float = 0.0     # below this probability a class is not returned (none at all: "uncertain")
+    reject_ood: bool = False        # a scan unlike the training images is answered "uncertain" (needs OOD stats)
+
+    def validate(self) -> None:
+        if self.runtime not in ("auto", *RUNTIMES):
+            raise ValueError(f"runtime must be auto, {' or '.join(RUNTIMES)} (got {self.runtime!r})")
+        if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
+            raise ValueError(f"threads must be an integer >= 1 (got {self.threads!r})")
+        if type(self.top_k) is not int or self.top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1 (got {self.top_k!r})")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be between 0 and 1 (got {self.min_confidence!r})")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Everything the model says about one scan."""
+    probabilities: np.ndarray
+    ood_score: float | None = None   # distance from the training data; > 1: unlike it (None: model has no stats)
+    notes: tuple[str, ...] = ()      # what was read (e.g. which DICOM frame)
+
+    @property
+    def in_distribution(self) -> bool | None:
+        return None if self.ood_score is None else bool(self.ood_score <= 1.0)
+
+
+def _numpy_abi_error(e: BaseException) -> bool:
+    """tflite-runtime 2.14 is built against numpy 1.x: under numpy 2 its extension fails as it starts, as a
+    SystemError whose cause is 'AttributeError: _ARRAY_API not found' (or as an ImportError naming numpy)."""
+    chain, seen = [], e
+    while seen is not None and len(chain) < 5:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(x) for x in chain)
+    return "_ARRAY_API" in text or "numpy.core.multiarray" in text or "compiled using NumPy 1" in text
+
+
+def _numpy_fix(name: str) -> str:
+    return (f'{name} was built against numpy 1.x and cannot run with numpy {np.__version__}: '
+            f'pip install "numpy<2" (or use LiteRT: pip install ai-edge-litert)')
+
+
+def _import_runtime(name: str):
+    module = RUNTIMES[name]
+    try:
+        return importlib.import_module(module).Interpreter
+    except ImportError as e:
+        if _numpy_abi_error(e):
+            raise RuntimeMissing(_numpy_fix(name)) from None
+        raise RuntimeMissing(f"{name} is not installed ({module}: {e})") from None
+    except AttributeError as e:
+        raise RuntimeMissing(_numpy_fix(name) if _numpy_abi_error(e) else f"{name} failed to import ({e})") from None
+
+
+@contextmanager
+def _quiet_stderr(enabled: bool = True):
+    """Silence what the interpreter's C++ side (XNNPACK's 'Created TensorFlow Lite XNNPACK delegate', numpy's
+    ABI banner) writes straight to file descriptor 2; errors still arrive as Python exceptions."""
+    try:
+        fd = sys.stderr.fileno() if enabled else None
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _probe_in_child(Interpreter, path: Path, threads) -> None:
+    """tflite-runtime does not verify a model: run one inference on zeros in a forked child first, so a model
+    that crashes the interpreter costs a one-line error instead of the process (and the batch)."""
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: no output, no Python cleanup
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            it = Interpreter(model_path=str(path), num_threads=threads)
+            it.allocate_tensors()
+            for d in it.get_input_details():
+                it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+            it.invoke()
+        except BaseException:
+            os._exit(1)  # a Python-level error: the parent's own attempt reports it
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise ModelError(f"{path} crashes the interpreter (signal {os.WTERMSIG(status)}): the model file is corrupt")
+
+
+class Classifier:
+    """A verified model plus one interpreter, created once and reused for every image."""
+
+    def __init__(self, model_path=None, options: ClassifierOptions | None = None, *, quiet: bool = True):
+        self.options = options or ClassifierOptions()
+        self.options.validate()
+        self.model_path = Path(model_path) if model_path is not None else PACKAGE_MODEL
+        self.meta = read_metadata(self.model_path)
+        self.notes: list[str] = []  # what the runtime choice had to say (e.g. a fallback), for the caller to show
+        t0 = time.perf_counter()
+        self.interpreter = self._open(quiet)
+        self.load_seconds = time.perf_counter() - t0
+        inp = self.interpreter.get_input_details()[0]
+        outputs = self.interpreter.get_output_details()
+        self._in_index = inp["index"]
+        self.input_dtype = np.dtype(inp["dtype"])
+        self.input_quant = tuple(inp["quantization"])
+        self.size = int(inp["shape"][1])
+        n_labels = len(self.meta["labels"])
+        # Outputs are told apart by width (the converter does not keep their order): the class probabilities,
+        # and for models with OOD statistics the pooled features those were fitted on.
+        probs = [o for o in outputs if int(o["shape"][-1]) == n_labels]
+        ood = self.meta.get("ood")
+        feats = [o for o in outputs if ood and int(o["shape"][-1]) == ood["features"]]
+        if self.meta["input"]["size"] != self.size or not probs or (ood and not feats):
+            raise ModelError(f"{self.model_path.name}: model tensors do not match its metadata")
+        self._out = probs[0]
+        self._feat = feats[0] if feats else None
+        self.labels = list(self.meta["labels"])
+        # The framing the model was trained with: a v1 model keeps its pad-to-square input.
+        self.contract = self.meta["preprocess"]["contract_version"]
+        try:
+            self.ood = Scorer(ood, n_labels) if ood else None
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{self.model_path.name}: its out-of-distribution statistics are unreadable ({e})") from None
+        if self.options.reject_ood and self.ood is None:
+            raise ModelError(f"{self.model_path.name} has no out-of-distribution statistics, so it cannot reject "
+                             f"scans unlike its training data (convert it again with this release)")
+
+    def _open(self, quiet: bool):
+        """An allocated interpreter from the first runtime that can run this model here."""
+        try:
+            data = self.model_path.read_bytes()
+        except OSError as e:
+            raise ModelError(f"cannot read model {self.model_path} ({e.strerror or e})") from None
+        try:
+            flatbuffer.check(data)
+        except flatbuffer.BadModel as e:
+            raise self._invalid(e) from None
+        wanted = self.options.runtime
+        names = list(RUNTIMES) if wanted == "auto" else [wanted]
+        errors = []
+        for name in names:
+            try:
+                Interpreter = _import_runtime(name)
+                if name == "tflite-runtime":
+                    self._verify_for_tflite_runtime(Interpreter)
+                with _quiet_stderr(quiet):
+                    it = Interpreter(model_path=str(self.model_path), num_threads=self.options.threads)
+                    it.allocate_tensors()
+            except RuntimeMissing as e:
+                errors.append(str(e))
+                continue
+            except ModelError:
+                raise
+            except (SystemError, ImportError, AttributeError) as e:
+                if not _numpy_abi_error(e):
+                    raise
+                errors.append(_numpy_fix(name))
+                continue
+            except (ValueError, RuntimeError) as e:
+                raise self._invalid(e) from None
+            if errors:  # an earlier runtime could not run here: say so once
+                self.notes.append(f"{errors[-1]}; using {name} instead")
+            self.runtime = name
+            return it
+        numpy_abi = [e for e in errors if "numpy 1.x" in e]
+        if numpy_abi or wanted != "auto":
+            raise RuntimeMissing((numpy_abi or errors)[0])
+        raise RuntimeMissing("no TFLite interpreter available: " + "; ".join(errors)
+                             + " (install: pip install -r device/requirements.txt)")
+
+    def _invalid(self, e: Exception) -> ModelError:
+        return ModelError(f"{self.model_path} is not a valid TFLite model "
+                          f"({(str(e).splitlines() or [type(e).__name__])[0]})")
+
+    def _verify_for_tflite_runtime(self, Interpreter) -> None:
+        """LiteRT's verifier where it is installed, else a throwaway run in a child process."""
+        try:
+            verifier = _import_runtime("litert")
+        except RuntimeMissing:
+            _probe_in_child(Interpreter, self.model_path, self.options.threads)
+            return
+        try:
+            with _quiet_stderr():
+                verifier(model_path=str(self.model_path))
+        except (ValueError, RuntimeError) as e:
+            raise self._invalid(e) from None
+
+    def _feed(self, pixels: np.ndarray) -> np.ndarray:
+        x = pixels.reshape(1, self.size, self.size, 1)
+        if self.input_dtype == np.uint8:
+            scale, zp = self.input_quant
+            if (scale, zp) in ((1.0, 0), (0.0, 0)):
+                return x  # raw pixels map exactly onto the input: no arithmetic at all
+            q = np.round(x.astype(np.float32) / scale + zp)
+            return np.clip(q, 0, 255).astype(np.uint8)
+        if self.input_dtype == np.int8:
+            scale, zp = self.input_quant
+            q = np.round(x.astype(np.float32) / scale + zp)
+            return np.clip(q, -128, 127).astype(np.int8)
+        return x.astype(self.input_dtype)  # float models take pixel values 0..255
+
+    def _output(self, detail) -> np.ndarray:
+        out = self.interpreter.get_tensor(detail["index"])[0]
+        if np.issubdtype(out.dtype, np.integer):
+            scale, zp = detail["quantization"]
+            out = (out.astype(np.float32) - zp) * scale
+        return out.astype(np.float32)
+
+    def assess_pixels(self, pixels: np.ndarray, notes=()) -> Assessment:
+        """uint8 (size, size) array from device.preprocess -> probabilities and OOD score."""
+        self.interpreter.set_tensor(self._in_index, self._feed(pixels))
+        self.interpreter.invoke()
+        probs = self._output(self._out)
+        score = float(self.ood.score(self._output(self._feat))[0]) if self.ood is not None else None
+        return Assessment(probs, score, tuple(notes))
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (size, size) array from device.preprocess -> class probabilities (float32)."""
+        return self.assess_pixels(pixels).probabilities
+
+    def assess(self, source) -> Assessment:
+        """source: an image or DICOM file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame)
+        that goes through the same framing and resize as a file."""
+        if isinstance(source, (str, os.PathLike)):
+            pixels, notes = load_scan(source, self.size, self.contract)
+            return self.assess_pixels(pixels, notes)
+        a = np.asarray(source)
+        if a.ndim != 2 or a.dtype != np.uint8:
+            raise ImageError(f"an image array must be 2-D uint8 grayscale (got {a.dtype} {a.shape})")
+        return self.assess_pixels(to_model_input(Image.fromarray(a, mode="L"), self.size, self.contract))
+
+    def probabilities(self, source) -> np.ndarray:
+        return self.assess(source).probabilities
+
+    def classify(self, source) -> list[Prediction]:
+        """Up to options.top_k predictions at or above options.min_confidence, most probable first; an empty
+        list means 'uncertain' (or, with options.reject_ood, unlike the training data). Raises ImageError (one line)
+        for an unusable input."""
+        return self.answer(self.assess(source))
+
+    def answer(self, result: Assessment) -> list[Prediction]:
+        """The answer rule, for the API and the CLI alike: no answer ('uncertain') for a scan unlike the training
+        data under options.reject_ood, else the top_k classes at or above options.min_confidence."""
+        if self.options.reject_ood and not result.in_distribution:
+            return []
+        probs = result.probabilities
+        return [Prediction(self.labels[i], float(probs[i])) for i in ranked(probs)[: self.options.top_k]
+                if probs[i] >= self.options.min_confidence]
