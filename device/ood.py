@@ -1,8 +1,9 @@
 """Is this scan like the training images? A Mahalanobis score on the int8 model's own penultimate features.
 
 The model has a second output, the pooled features its last layer classifies. At conversion, the features of
-the training split give one mean per class and a shared covariance (Lee et al. 2018, "A simple unified framework
-for detecting out-of-distribution samples"); the sidecar stores the whitening transform and the whitened means.
+the training split give one mean per class and a shared covariance (Lee, Lee, Lee and Shin, "A Simple Unified
+Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018,
+https://arxiv.org/abs/1807.03888); the sidecar stores the whitening transform and the whitened means.
 A scan's score is its distance to the nearest class mean, divided by the distance that keeps `keep` (97%) of
 the validation split: a score above 1 means "unlike the training data". Plain numpy, fitted and applied here so
 the two cannot drift apart.

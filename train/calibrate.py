@@ -1,4 +1,5 @@
-"""Temperature scaling (Guo et al. 2017): one number T, fitted on the validation split, that makes the student's
+"""Temperature scaling (Guo, Pleiss, Sun and Weinberger, "On Calibration of Modern Neural Networks", ICML 2017,
+https://arxiv.org/abs/1706.04599): one number T, fitted on the validation split, that makes the student's
 probabilities mean what they say. Conversion folds it into the last layer, so the int8 model stays unchanged
 apart from two rescaled weight tensors; accuracy cannot change (argmax is the same)."""
 from __future__ import annotations

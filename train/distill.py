@@ -1,12 +1,19 @@
 """Hinton knowledge distillation as one readable Keras model (after the keras.io example).
 
+References:
+- Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", NIPS 2014 Deep Learning Workshop,
+  https://arxiv.org/abs/1503.02531
+- Zhao, Cui, Song, Qiu and Liang, "Decoupled Knowledge Distillation", CVPR 2022, https://arxiv.org/abs/2203.08679
+- Beyer, Zhai, Royer, Markeeva, Anil and Kolesnikov, "Knowledge distillation: A good teacher is patient and
+  consistent", CVPR 2022, https://arxiv.org/abs/2106.05237 (consistent teaching; the view cache, train/views.py)
+
     loss = alpha * CE(labels, student)
          + (1 - alpha) * T^2 * KL( softmax(teacher / T) || softmax(student / T) )
 
 The T^2 factor keeps the soft-target gradients on the same scale as the hard
-ones when T changes (Hinton et al. 2015, section 2).
+ones when T changes (Hinton et al., section 2).
 
-Decoupled KD (DKD, Zhao et al. 2022) splits that KL into a target-class term
+Decoupled KD (DKD, Zhao et al.) splits that KL into a target-class term
 (TCKD: the binary "true class vs the rest" distributions) and a non-target term
 (NCKD: the distribution over the wrong classes only):
 
@@ -21,7 +28,7 @@ Two ways to get the teacher's logits:
 - cached: the dataset yields {"label", "teacher_logits"}; the teacher is never run
   during training (it is frozen, so running it every step is wasted work);
 - consistent: the dataset yields labels only and the teacher runs on the very
-  same augmented batch the student sees (Beyer et al. 2022).
+  same augmented batch the student sees (Beyer et al.).
 alpha = 1 with no teacher is the no-KD baseline: same loop, same budget.
 
 Weak labels (a scan known to show a tumour of unknown type, label = number of classes): the hard-label term is
