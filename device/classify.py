@@ -15,20 +15,26 @@ please report it with --verbose output).
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import csv
 import errno
+import io
 import json
+import math
 import os
 import stat
 import sys
+import tempfile
 import time
 import traceback
+import unicodedata
 import warnings
 from pathlib import Path
 
 from device.metadata import ModelError
 from device.metrics import ranked
-from device.preprocess import ImageError, is_dicom_file, is_image_path
+from device.preprocess import ImageError, file_kind, is_dicom_file, is_image_path
 from device.runtime import RUNTIMES
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -36,16 +42,35 @@ IMAGE_KINDS = ".jpg/.jpeg/.png/.bmp/.tif/.gif/.webp/.dcm or DICOM"
 
 
 def shown(path) -> str:
-    """A path printable on any terminal: bytes that are not UTF-8 appear as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path that cannot forge output on any terminal: bytes that are not UTF-8 appear as \\xNN, and control,
+    format (bidi overrides such as U+202E) and line-separator characters as \\xNN or \\uNNNN escapes, so a
+    name can neither start a fake result line nor send escape codes."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
+def csv_cell(text: str) -> str:
+    """A cell a spreadsheet shows as text: a leading = + - @ (or tab, carriage return) would make it a formula,
+    so such a cell gets a leading apostrophe (the OWASP rule)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def json_path(path) -> dict:
+    """The path for JSON: readable text, plus its exact bytes (base64) when the name is not valid UTF-8, so that
+    a consumer can always get back the very file."""
+    raw = os.fsencode(path)
+    try:
+        return {"path": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"path": raw.decode("utf-8", "backslashreplace"), "path_bytes_b64": base64.b64encode(raw).decode()}
+
+
+def emit(line: str, stream=None) -> None:
+    """One whole line, written and flushed at once: a record finished before a SIGTERM is never lost or cut."""
+    stream = stream or sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def _stat(p: Path):
@@ -58,43 +83,73 @@ def _stat(p: Path):
         return None, ("symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror or e})")
 
 
-def _walk(folder: Path, ancestors: frozenset, top: bool):
-    """Yield (path, problem-or-None) for every candidate file under folder, and a problem for everything skipped.
-    A link to a folder is followed, unless it leads back into the folders being walked (a loop)."""
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except PermissionError:
-        yield folder, "permission denied (folder cannot be read)"
-        return
-    except OSError as e:
-        yield folder, f"folder cannot be read ({e.strerror or e})"
-        return
-    found = False
-    for e in entries:
-        p = Path(e.path)
-        st, problem = _stat(p)
-        if problem:
-            yield p, problem
+class Skipped:
+    """Files a folder walk passed over because they are neither pictures nor DICOM: counted, and named in one
+    summary line at the end (a PACS folder with a few notes in it should not print a line per note)."""
+
+    def __init__(self):
+        self.count, self.examples = 0, []
+
+    def add(self, p: Path) -> None:
+        self.count += 1
+        if len(self.examples) < 3:
+            self.examples.append(shown(p.name))
+
+    def line(self) -> str | None:
+        if not self.count:
+            return None
+        more = ", ..." if self.count > len(self.examples) else ""
+        return (f"skipped {self.count} file(s) in the folders given that are neither images nor DICOM "
+                f"({', '.join(self.examples)}{more})")
+
+
+def _walk(top: Path, top_id, skipped: Skipped):
+    """Yield (path, problem-or-None) for every candidate file under top, and a problem for every folder or entry
+    that cannot be read. Iterative (a stack, no recursion), so no folder depth ends the batch. A link to a folder
+    is followed, unless it leads back into the folders it lies in (a loop). Files with a picture extension are
+    candidates; any other file is one if it is a DICOM file (PACS exports are named by UID, dots and all)."""
+    found = readable = False
+    stack = [(top, frozenset({top_id}))]
+    while stack:
+        folder, ancestors = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except PermissionError:
+            yield folder, "permission denied (folder cannot be read)"
             continue
-        if stat.S_ISDIR(st.st_mode):
-            if (st.st_dev, st.st_ino) in ancestors:
-                yield p, "symbolic link loop (leads back to a folder being searched)"
+        except OSError as e:
+            yield folder, f"folder cannot be read ({e.strerror or e})"
+            continue
+        readable = True
+        subfolders = []
+        for e in entries:
+            p = Path(e.path)
+            st, problem = _stat(p)
+            if problem:
+                yield p, problem
                 continue
-            for item in _walk(p, ancestors | {(st.st_dev, st.st_ino)}, False):
-                found = True
-                yield item
-        elif stat.S_ISREG(st.st_mode):
-            if is_image_path(e.name) or ("." not in e.name and is_dicom_file(p)):
-                found = True
-                yield p, None
-        elif is_image_path(e.name):
-            yield p, f"{_kind(st.st_mode)}, not an image file"
-    if top and not found:
-        yield folder, f"folder contains no images ({IMAGE_KINDS})"
+            if stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in ancestors:
+                    yield p, "symbolic link loop (leads back to a folder being searched)"
+                else:
+                    subfolders.append((p, ancestors | {(st.st_dev, st.st_ino)}))
+            elif stat.S_ISREG(st.st_mode):
+                if is_image_path(e.name) or is_dicom_file(p):
+                    found = True
+                    yield p, None
+                else:
+                    skipped.add(p)
+            elif is_image_path(e.name):
+                yield p, f"{file_kind(st.st_mode)}, not an image file"
+        stack.extend(reversed(subfolders))  # depth first, in name order
+    if readable and not found:
+        yield top, f"folder contains no images ({IMAGE_KINDS})"
 
 
-def expand(paths):
-    """Yield (path, problem-or-None): files as given, folders recursively, and a line for everything skipped."""
+def expand(paths, skipped: Skipped | None = None):
+    """Yield (path, problem-or-None): files as given, folders recursively, and a line for every problem; files
+    in folders that are neither pictures nor DICOM are counted in `skipped`."""
+    skipped = skipped if skipped is not None else Skipped()
     for raw in paths:
         p = Path(raw)
         st, problem = _stat(p)
@@ -102,11 +157,49 @@ def expand(paths):
             yield p, problem
             continue
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(p, frozenset({(st.st_dev, st.st_ino)}), True)
+            yield from _walk(p, (st.st_dev, st.st_ino), skipped)
         elif stat.S_ISREG(st.st_mode):
             yield p, None
         else:  # never open() a FIFO or a device: it can block forever
-            yield p, f"{_kind(st.st_mode)}, not an image file"
+            yield p, f"{file_kind(st.st_mode)}, not an image file"
+
+
+class StderrCapture:
+    """What C libraries (libtiff's "ZIPDecode: Decoding error", libjpeg's warnings) write straight to file
+    descriptor 2 while one file decodes, kept to fold into that file's one line. One temporary file, reused."""
+
+    def __init__(self, enabled: bool):
+        try:
+            self.fd = sys.stderr.fileno() if enabled else None
+        except (AttributeError, OSError, ValueError):
+            self.fd = None
+        self.tmp = tempfile.TemporaryFile() if self.fd is not None else None
+        self.text = ""
+
+    @contextlib.contextmanager
+    def __call__(self):
+        self.text = ""
+        if self.fd is None:
+            yield
+            return
+        sys.stderr.flush()
+        self.tmp.seek(0)
+        self.tmp.truncate()
+        saved = os.dup(self.fd)
+        os.dup2(self.tmp.fileno(), self.fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, self.fd)
+            os.close(saved)
+            self.tmp.seek(0)
+            self.text = " ".join(self.tmp.read(2000).decode("utf-8", "replace").split())[:200]
+
+
+def csv_line(cells) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(cells)
+    return buf.getvalue()
 
 
 class UsageError(Exception):
@@ -170,19 +263,19 @@ def classify_all(a, options) -> int:
         return EXIT_USAGE
     for note in clf.notes:
         print(f"note: {note}", file=sys.stderr)
-    writer = None
     if a.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "label", "probability", *clf.labels, "in_distribution", "ood_score", "latency_ms",
-                         "note", "error"])
+        emit(csv_line(["path", "label", "probability", *clf.labels, "in_distribution", "ood_score", "latency_ms",
+                       "note", "error"]))
     n_ok = n_bad = attempted = crashed = 0
-    for path, problem in expand(a.paths):
+    skipped, capture = Skipped(), StderrCapture(enabled=not a.verbose)
+    for path, problem in expand(a.paths, skipped):
         t0 = time.perf_counter()
         notes = []
         attempted += problem is None
         if problem is None:
             try:
-                result = clf.assess(path)
+                with capture():
+                    result = clf.assess(path)
             except ImageError as e:
                 problem = str(e)
             except MemoryError:
@@ -192,38 +285,47 @@ def classify_all(a, options) -> int:
                 problem = f"internal error: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
                 if a.verbose:
                     traceback.print_exc()
+            if capture.text:  # the decoder's own words belong to this file's line
+                if problem is not None:
+                    problem = f"{problem} (decoder: {capture.text})"
+                else:
+                    notes.append(f"decoder: {capture.text}")
         ms = (time.perf_counter() - t0) * 1000
         if problem is not None:
             n_bad += 1
             if a.json:
-                print(json.dumps({"path": str(path), "error": problem}), flush=True)
-            elif writer:
-                writer.writerow([shown(path), "", "", *[""] * len(clf.labels), "", "", "", "", problem])
+                emit(json.dumps(json_path(path) | {"error": problem}))
+            elif a.csv:
+                emit(csv_line([csv_cell(shown(path)), "", "", *[""] * len(clf.labels), "", "", "", "",
+                               csv_cell(problem)]))
             else:
-                print(f"{shown(path)}: error: {problem}", file=sys.stderr, flush=True)
+                emit(f"{shown(path)}: error: {shown(problem)}", sys.stderr)
             continue
         n_ok += 1
-        probs, notes, known = result.probabilities, list(result.notes), result.in_distribution
+        probs, known = result.probabilities, result.in_distribution
+        notes = list(result.notes) + notes
         order = ranked(probs)
         top = int(order[0])
         answer = clf.answer(result)
         label = answer[0].label if answer else "uncertain"
-        score = None if result.ood_score is None else round(result.ood_score, 3)
+        score = None if result.ood_score is None or not math.isfinite(result.ood_score) else round(result.ood_score, 3)
         if a.json:
-            record = {"path": str(path), "label": label, "probability": round(float(probs[top]), 4),
+            record = {**json_path(path), "label": label, "probability": round(float(probs[top]), 4),
                       "probabilities": {c: round(float(v), 4) for c, v in zip(clf.labels, probs)},
                       "in_distribution": known, "ood_score": score, "latency_ms": round(ms, 2)}
-            print(json.dumps(record | ({"note": "; ".join(notes)} if notes else {})), flush=True)
-        elif writer:
-            writer.writerow([shown(path), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs],
-                             "" if known is None else str(known).lower(), "" if score is None else f"{score:.3f}",
-                             f"{ms:.2f}", "; ".join(notes), ""])
+            emit(json.dumps(record | ({"note": "; ".join(notes)} if notes else {}), allow_nan=False))
+        elif a.csv:
+            emit(csv_line([csv_cell(shown(path)), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs],
+                           "" if known is None else str(known).lower(), "" if score is None else f"{score:.3f}",
+                           f"{ms:.2f}", csv_cell("; ".join(notes)), ""]))
         else:
             if known is False:
                 notes.insert(0, f"unlike the training images (OOD score {score:.2f} > 1)")
             top_k = ", ".join(f"{clf.labels[i]} {probs[i]:.1%}" for i in order[: options.top_k])
-            note = f"  [{'; '.join(notes)}]" if notes else ""
-            print(f"{shown(path)}: {label}  ({top_k})  {ms:.1f} ms{note}", flush=True)
+            note = f"  [{shown('; '.join(notes))}]" if notes else ""
+            emit(f"{shown(path)}: {label}  ({top_k})  {ms:.1f} ms{note}")
+    if skipped.line():
+        emit(f"note: {skipped.line()}", sys.stderr)
     if attempted == 0:  # nothing but missing paths, empty folders or non-files: a usage error
         return EXIT_USAGE
     if n_bad and not (a.json or a.csv):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from device.preprocess import CONTRACT_VERSION, CONTRACTS
@@ -17,6 +18,10 @@ FORMAT = "mri-edge-model/1"
 
 class ModelError(RuntimeError):
     """A model that must not be run; the message says why."""
+
+
+# The shipped sidecar is ~200 KB (the OOD statistics); anything far larger is not one, and would cost memory.
+MAX_SIDECAR_BYTES = 8 << 20
 
 
 def sha256_file(path) -> str:
@@ -91,8 +96,9 @@ def validate(meta, side) -> None:
             raise _fail(side, "ood", "an object", ood)
         if not (type(ood.get("features")) is int and ood["features"] > len(labels)):
             raise _fail(side, "ood.features", "an integer larger than the number of labels", ood.get("features"))
-        if not (type(ood.get("threshold")) in (int, float) and ood["threshold"] > 0):
-            raise _fail(side, "ood.threshold", "a number > 0", ood.get("threshold"))
+        t = ood.get("threshold")
+        if not (type(t) in (int, float) and math.isfinite(t) and 1e-20 <= t <= 1e20):
+            raise _fail(side, "ood.threshold", "a finite number from 1e-20 to 1e20", t)
         for key in ("whiten", "means"):
             if not isinstance(ood.get(key), str):
                 raise _fail(side, f"ood.{key}", "a base64 string", ood.get(key))
@@ -107,9 +113,14 @@ def read_metadata(model_path) -> dict:
     if not side.is_file():
         raise ModelError(f"metadata not found: {side} (every model ships with a JSON sidecar)")
     try:
+        if side.stat().st_size > MAX_SIDECAR_BYTES:
+            raise ModelError(f"metadata {side} is {side.stat().st_size:,} bytes (a sidecar is at most "
+                             f"{MAX_SIDECAR_BYTES:,}): not a sidecar of this project")
         meta = json.loads(side.read_text())
+    except RecursionError:
+        raise ModelError(f"metadata {side} is not a sidecar (nested too deeply to read)") from None
     except (OSError, ValueError) as e:
-        raise ModelError(f"metadata {side} is not valid JSON ({e})") from None
+        raise ModelError(f"metadata {side} is not valid JSON ({(str(e).splitlines() or [''])[0][:200]})") from None
     validate(meta, side)
     actual = sha256_file(model_path)
     if actual != meta["sha256"]:

@@ -74,6 +74,8 @@ class Scorer:
         self.whiten = unpack(entry["whiten"], (d, d))
         self.means = unpack(entry["means"], (n_classes, d))
         self.threshold = float(entry["threshold"])
+        if not (np.isfinite(self.whiten).all() and np.isfinite(self.means).all()):
+            raise ValueError("the whitening or the class means hold values that are not finite")
 
     def score(self, features) -> np.ndarray:
         f = np.asarray(features, np.float32).reshape(-1, self.features)

@@ -20,6 +20,8 @@ are converted a band of rows at a time.
 from __future__ import annotations
 
 import math
+import os
+import stat
 import struct
 import warnings
 from collections.abc import Sequence
@@ -53,6 +55,11 @@ HEAD_FLOOR = 8
 MIN_HEAD = 0.01
 HEAD_MARGIN = 0.03            # of the box's longer side, on every side
 DICOM_MAGIC_OFFSET = 128
+# The decoders a scan can arrive in (Pillow's names); any other format is "not an image".
+PICTURE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")  # JPEG opens MPO files too
+MAX_JPEG_SCANS = 64
+MAX_JPEG_BYTES = 128 << 20
+DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 
 # Pillow's own bomb guard would answer before ours (with its own wording) above 2 x its limit: ours decides.
 Image.MAX_IMAGE_PIXELS = None
@@ -113,12 +120,61 @@ def _check_size(w: int, h: int) -> None:
         raise ImageError(f"image too large ({w}x{h} = {w * h:,} pixels > {MAX_PIXELS:,} limit)")
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for the one line that says it is not an image."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _jpeg_scans(fh, limit: int) -> int:
+    """Start-of-scan markers in a JPEG, counted from the segment structure (entropy-coded data skipped), up to
+    limit + 1. A progressive JPEG has about 10; thousands of repeated scans make a CPU bomb that Pillow decodes
+    one by one, each over the whole image."""
+    data = fh.read(MAX_JPEG_BYTES + 1)
+    fh.seek(0)
+    if len(data) > MAX_JPEG_BYTES:
+        raise ImageError(f"JPEG file larger than {MAX_JPEG_BYTES >> 20} MB: not a scan this device reads")
+    i, n, end = 2, 0, len(data)
+    while i + 4 <= end and n <= limit:
+        if data[i] != 0xFF:
+            i = data.find(b"\xff", i)
+            if i < 0:
+                break
+            continue
+        marker = data[i + 1]
+        if marker in (0xFF, 0x00) or 0xD0 <= marker <= 0xD7:  # fill byte, stuffed zero, restart marker
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: skip its entropy-coded data up to the next real marker
+            n += 1
+            while True:
+                i = data.find(b"\xff", i)
+                if i < 0 or i + 1 >= end:
+                    return n
+                nxt = data[i + 1]
+                if nxt in (0x00, 0xFF) or 0xD0 <= nxt <= 0xD7:
+                    i += 1 if nxt == 0xFF else 2
+                    continue
+                break
+    return n
+
+
 def _decode_picture(path) -> Image.Image:
     with open(path, "rb") as fh:
         if not fh.read(1):
             raise ImageError("empty file (0 bytes)")
         fh.seek(0)
-        img = Image.open(fh)
+        # Only the picture decoders a scan can come in: a .jpg holding PostScript must not reach Ghostscript.
+        img = Image.open(fh, formats=PICTURE_FORMATS)
+        if img.format in ("JPEG", "MPO") and _jpeg_scans(fh, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+            raise ImageError(f"JPEG with more than {MAX_JPEG_SCANS} scans (a normal one has at most about 12): "
+                             f"refused, it would take minutes to decode")
         _check_size(*img.size)
         img.seek(0)
         w, h = img.size
@@ -156,8 +212,15 @@ def _first(value) -> float:
 
 def _dicom_pixels(path) -> tuple[Image.Image, list[str]]:
     import pydicom
+    from pydicom.filereader import read_file_meta_info
     from pydicom.pixels import pixel_array
 
+    # The file meta group is read alone first: pydicom inflates a deflated data set whole before any size check,
+    # so 1 MB on disk can become gigabytes. Such files are refused before that.
+    syntax = str(getattr(read_file_meta_info(path), "TransferSyntaxUID", "") or "")
+    if syntax == DEFLATED_DICOM:
+        raise ImageError("deflated DICOM (Deflated Explicit VR Little Endian) is not supported: it cannot be "
+                         "inflated within this device's memory bounds; export it uncompressed (e.g. gdcmconv --raw)")
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
@@ -298,6 +361,9 @@ def decode_scan(path) -> tuple[Image.Image, list[str]]:
     and notes on what was chosen. Raises ImageError with a one-line reason for anything unusable."""
     notes: list[str] = []
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # never open() a FIFO or a device: it can block forever
+            raise ImageError(f"{file_kind(st.st_mode)}, not an image file")
         name = str(path).lower()
         # A picture's own extension decides without a second open; other names are sniffed for the DICM preamble.
         if name.endswith(DICOM_EXTENSIONS) or (not name.endswith(PICTURE_EXTENSIONS) and is_dicom_file(path)):

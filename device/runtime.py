@@ -27,13 +27,14 @@ from device import flatbuffer
 from device.metadata import ModelError, read_metadata
 from device.metrics import ranked
 from device.ood import Scorer
-from device.preprocess import ImageError, load_scan, to_model_input
+from device.preprocess import MAX_PIXELS, ImageError, load_scan, to_model_input
 
 RUNTIMES = {
     "tflite-runtime": "tflite_runtime.interpreter",
     "litert": "ai_edge_litert.interpreter",
 }
 PACKAGE_MODEL = Path(__file__).resolve().parent / "models" / "student_int8.tflite"
+MAX_THREADS = 256  # interpreters take a C int; no board has more cores than this
 
 
 class RuntimeMissing(ModelError):
@@ -51,12 +52,14 @@ class ClassifierOptions:
     def validate(self) -> None:
         if self.runtime not in ("auto", *RUNTIMES):
             raise ValueError(f"runtime must be auto, {' or '.join(RUNTIMES)} (got {self.runtime!r})")
-        if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
-            raise ValueError(f"threads must be an integer >= 1 (got {self.threads!r})")
+        if self.threads is not None and (type(self.threads) is not int or not 1 <= self.threads <= MAX_THREADS):
+            raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} (got {self.threads!r})")
         if type(self.top_k) is not int or self.top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1 (got {self.top_k!r})")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must be between 0 and 1 (got {self.min_confidence!r})")
+        if type(self.min_confidence) not in (int, float) or not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be a number between 0 and 1 (got {self.min_confidence!r})")
+        if type(self.reject_ood) is not bool:
+            raise ValueError(f"reject_ood must be True or False (got {self.reject_ood!r})")
 
 
 @dataclass(frozen=True)
@@ -165,8 +168,11 @@ class Classifier:
         t0 = time.perf_counter()
         self.interpreter = self._open(quiet)
         self.load_seconds = time.perf_counter() - t0
-        inp = self.interpreter.get_input_details()[0]
-        outputs = self.interpreter.get_output_details()
+        try:  # tensor names are decoded here: a name that is not UTF-8 is a broken model, not a bug
+            inp = self.interpreter.get_input_details()[0]
+            outputs = self.interpreter.get_output_details()
+        except (ValueError, RuntimeError, IndexError) as e:
+            raise self._invalid(e) from None
         self._in_index = inp["index"]
         self.input_dtype = np.dtype(inp["dtype"])
         self.input_quant = tuple(inp["quantization"])
@@ -294,6 +300,8 @@ class Classifier:
         a = np.asarray(source)
         if a.ndim != 2 or a.dtype != np.uint8:
             raise ImageError(f"an image array must be 2-D uint8 grayscale (got {a.dtype} {a.shape})")
+        if a.size > MAX_PIXELS:  # before any copy: a strided view of a huge buffer is copied by fromarray
+            raise ImageError(f"image too large ({a.shape[1]}x{a.shape[0]} = {a.size:,} pixels > {MAX_PIXELS:,} limit)")
         return self.assess_pixels(to_model_input(Image.fromarray(a, mode="L"), self.size, self.contract))
 
     def probabilities(self, source) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Hostile and broken inputs: each gets one line and a documented exit code; memory stays bounded."""
+import base64
 import hashlib
 import json
 import os
@@ -154,15 +155,18 @@ def test_file_names_that_are_not_utf8_never_crash_the_output(model, tmp_path):
                            capture_output=True, cwd=ROOT, env=env, timeout=120)
         out = p.stdout.decode("utf-8")  # strict: the output itself is valid UTF-8
         assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr
-        if fmt == ["--json"]:
-            assert os.fsencode(json.loads(out)["path"]).endswith(b"scan-\xff.png")  # round-trips
+        if fmt == ["--json"]:  # readable text, and the exact bytes: the very file can be found again
+            r = json.loads(out)
+            assert r["path"].endswith("scan-\\xff.png") and "\\ud" not in out  # no lone surrogates for jq to mangle
+            assert os.path.isfile(base64.b64decode(r["path_bytes_b64"]))
         else:
             assert "scan-\\xff.png" in out
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--threads", "0"], "threads must be an integer >= 1"),
-    (["--threads", "-1"], "threads must be an integer >= 1"),
+    (["--threads", "0"], "threads must be an integer from 1 to 256"),
+    (["--threads", "-1"], "threads must be an integer from 1 to 256"),
+    (["--threads", "2147483648"], "threads must be an integer from 1 to 256"),
     (["--min-confidence", "2"], "--min-confidence"),
 ])
 def test_bad_options_are_usage_errors(model, tmp_path, args, says):
@@ -204,7 +208,7 @@ def test_an_internal_error_exits_3_and_the_batch_goes_on(model, tmp_path, monkey
     out, err = capsys.readouterr()
     rows = {os.path.basename(r["path"]): r for r in map(json.loads, out.splitlines())}
     assert rows["bad.png"]["error"] == "internal error: KeyError: 'bug'" and "label" in rows["good.png"]
-    assert err.startswith("internal error on 1 input(s): exit 3") and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("internal error on 1 input(s): exit 3") and "Traceback" not in err
 
 
 def test_library_warnings_do_not_flood_stderr(model, tmp_path):

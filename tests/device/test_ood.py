@@ -65,7 +65,8 @@ def test_reject_ood_with_a_model_without_statistics_is_one_line(model, tmp_path)
 
 
 @pytest.mark.parametrize("change, says", [
-    ({"threshold": 0}, "'ood.threshold' must be a number > 0"),
+    ({"threshold": 0}, "'ood.threshold' must be a finite number from 1e-20 to 1e20"),
+    ({"threshold": 1e-300}, "'ood.threshold' must be a finite number"),   # would make every score Infinity
     ({"features": 2}, "'ood.features' must be an integer larger than the number of labels"),
     ({"whiten": 5}, "'ood.whiten' must be a base64 string"),
     ({"whiten": "AAAA"}, "out-of-distribution statistics are unreadable"),
