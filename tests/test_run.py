@@ -1,6 +1,7 @@
 """`python -m train` end to end on tiny phantoms: what a run writes, that it learns, resume, teacher reuse, and one
 clear line for every bad flag."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_config
+from tests.conftest import ROOT, tiny_config
 from train.models import build_student, count_macs
 
 
@@ -255,5 +256,8 @@ print("MIRRORED_OK", s.num_replicas_in_sync)
 
 @pytest.mark.slow
 def test_mirrored_strategy_over_two_logical_cpus_trains_a_step(tmp_path):
-    p = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert "MIRRORED_OK 2" in p.stdout, p.stderr[-2000:]  # run outside the checkout: the package is installed
+    # run in a folder of its own (train/ comes from the checkout, as every training command does)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env=env)
+    assert "MIRRORED_OK 2" in p.stdout, p.stderr[-2000:]

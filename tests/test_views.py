@@ -139,8 +139,9 @@ def test_unlabeled_scans_enter_the_view_cache_and_only_the_teacher_teaches_them(
     assert vc["unlabeled_images"] == 24                # 12 + 3 x 4 hospital scans, the text file ignored
     assert vc["views"] == 2 * (n_train + 24)
     # the same teacher, views and images: a second run reuses the cache
-    cfg2 = tiny_config(phantoms, tmp_path, teacher=str(tiny_run / "teacher.keras"), views=2, out=str(tmp_path / "r2"),
-                       unlabeled=str(tmp_path / "archive"), student_epochs=1, alpha=0.3, seed=4, baseline=False)
+    cfg2 = tiny_config(phantoms, tmp_path / "second", teacher=str(tiny_run / "teacher.keras"), views=2,
+                       cache_dir=cfg.cache_dir, unlabeled=str(tmp_path / "archive"), student_epochs=1, alpha=0.3, seed=4,
+                       baseline=False)
     assert run(cfg2) == 0
-    again = json.loads((tmp_path / "r2" / "manifest.json").read_text())["results"]["teacher"]["view_cache"]
+    again = json.loads((tmp_path / "second" / "run" / "manifest.json").read_text())["results"]["teacher"]["view_cache"]
     assert again["key"] == vc["key"]

@@ -204,8 +204,10 @@ def view_dataset(views, view_target, view_mask, k: int, n_view_images: int, data
          .repeat().batch(batch, drop_remainder=True).map(pick_views, num_parallel_calls=tf.data.AUTOTUNE))
     o = (tf.data.Dataset.range(len(data.x)).shuffle(len(data.x), seed=seed + 2, reshuffle_each_iteration=True)
          .repeat().batch(batch, drop_remainder=True).map(pick_images, num_parallel_calls=tf.data.AUTOTUNE))
-    return tf.data.Dataset.zip(v, o).map(
-        lambda a, b: ((a[0], b[0]), (a[1], a[2], b[1], b[2]))).prefetch(tf.data.AUTOTUNE)
+    def pair(view, image):
+        return (view[0], image[0]), (view[1], view[2], image[1], image[2])
+
+    return tf.data.Dataset.zip(v, o).map(pair).prefetch(tf.data.AUTOTUNE)
 
 
 def fit_on_views(student, data: TrainSet, cache, view_target, view_mask, k: int, cfg, *, teacher: bool, stage_dir,
