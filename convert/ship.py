@@ -47,6 +47,18 @@ def teacher_name(manifest) -> str:
     return f"ensemble of {len(members)} CNNs (student family, trained as {how} (augmentation:epochs), logits averaged)"
 
 
+def how_distilled(manifest) -> str:
+    c = manifest["config"]
+    if c.get("views"):
+        vc = manifest["results"]["teacher"].get("view_cache", {})
+        return (f"patient distillation from a view cache: {c['views']} views of each training image (crops, flips, "
+                f"rotations, grey-level changes, blur, noise, mixup), the teacher's logits on each; KL at "
+                f"T={c['temperature']:g} on the views, weight alpha={c['alpha']:g} on the images' labels, "
+                f"{c['student_epochs']} epochs" + (f"; {vc['unlabeled_images']:,} unlabeled scans taught by the teacher"
+                                                   if vc.get("unlabeled_images") else ""))
+    return f"T={c['temperature']}, alpha={c['alpha']}, teacher logits {c['teacher_mode']}"
+
+
 def calibration_line(meta, parity) -> str:
     t = meta.get("temperature")
     if not t:
@@ -70,8 +82,7 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
         f"  (uint8 pixels in, scale 1 / zero point 0; uint8 probabilities out); {res['student']['params']:,}",
         f"  parameters, {res['student']['macs'] / 1e6:.1f} M multiply-accumulates at "
         f"{meta['input']['size']}x{meta['input']['size']} px, grayscale.",
-        (f"- Distilled (T={manifest['config']['temperature']}, alpha={manifest['config']['alpha']}, teacher logits "
-         f"{manifest['config']['teacher_mode']}) from teacher {teacher_name(manifest)} "
+        (f"- Distilled ({how_distilled(manifest)}) from teacher {teacher_name(manifest)} "
          f"({res['teacher']['params']:,} parameters, {res['teacher']['input_size']} px)."
          if parity["float_model"] == "student" else
          "- Trained on labels only (the run's no-distillation baseline): in this run distillation did not beat it "

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
 CONTRACT_VERSION = 2          # what training writes now
 CONTRACTS = (1, 2)            # what the device can still apply (a v1 model keeps working)
@@ -59,6 +59,16 @@ DICOM_MAGIC_OFFSET = 128
 PICTURE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")  # JPEG opens MPO files too
 MAX_JPEG_SCANS = 64
 MAX_JPEG_BYTES = 128 << 20
+MAX_JPEG_COEFFICIENT_BYTES = 160 << 20   # a 6320^2 grey progressive JPEG needs 80 MB; 4:4:4 colour, 240 MB
+# Formats decoded whole, with no reduced-scale decode (Pillow's WebP): the decoder's buffers cost about 16 bytes a
+# pixel, so the pixel limit for them is lower.
+WHOLE_DECODE_MAX_PIXELS = {"WEBP": 12_000_000}
+# Large JPEGs are decoded at a DCT-reduced scale to at most this side (1/2, 1/4 or 1/8 of the original).
+DRAFT_SIDE = 2048
+# EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose does)
+EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                  7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 
 # Pillow's own bomb guard would answer before ours (with its own wording) above 2 x its limit: ours decides.
@@ -129,16 +139,19 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _jpeg_scans(fh, limit: int) -> int:
-    """Start-of-scan markers in a JPEG, counted from the segment structure (entropy-coded data skipped), up to
-    limit + 1. A progressive JPEG has about 10; thousands of repeated scans make a CPU bomb that Pillow decodes
-    one by one, each over the whole image."""
-    data = fh.read(MAX_JPEG_BYTES + 1)
+def _jpeg_check(fh) -> None:
+    """Refuse, before decoding, the JPEGs whose decoding cost is out of bounds, read from the segment structure
+    (entropy-coded data skipped): more than MAX_JPEG_SCANS scans (a progressive JPEG has about 10; thousands of
+    repeated scans are a CPU bomb that Pillow decodes one by one over the whole image), or a progressive image
+    whose DCT coefficients (2 bytes each, all components, held whole by libjpeg whatever the output scale) exceed
+    MAX_JPEG_COEFFICIENT_BYTES."""
     fh.seek(0)
+    data = fh.read(MAX_JPEG_BYTES + 1)
+    fh.seek(0)  # (Pillow seeks to its tiles itself when it decodes)
     if len(data) > MAX_JPEG_BYTES:
         raise ImageError(f"JPEG file larger than {MAX_JPEG_BYTES >> 20} MB: not a scan this device reads")
-    i, n, end = 2, 0, len(data)
-    while i + 4 <= end and n <= limit:
+    i, scans, end = 2, 0, len(data)
+    while i + 4 <= end:
         if data[i] != 0xFF:
             i = data.find(b"\xff", i)
             if i < 0:
@@ -150,19 +163,32 @@ def _jpeg_scans(fh, limit: int) -> int:
             continue
         if marker == 0xD9:  # end of image
             break
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xC2 and i + 10 <= end:  # progressive frame: height, width, then 3 bytes per component
+            h, w, n = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big"), data[i + 9]
+            comps = [data[i + 10 + 3 * k + 1] for k in range(n) if i + 12 + 3 * k <= end]
+            if comps:
+                hmax, vmax = max(c >> 4 for c in comps) or 1, max(c & 15 for c in comps) or 1
+                blocks = sum(math.ceil(w * (c >> 4) / hmax / 8) * math.ceil(h * (c & 15) / vmax / 8) for c in comps)
+                if blocks * 64 * 2 > MAX_JPEG_COEFFICIENT_BYTES:
+                    raise ImageError(f"progressive JPEG of {w}x{h} with {len(comps)} components needs "
+                                     f"{blocks * 128 >> 20} MB to decode (limit {MAX_JPEG_COEFFICIENT_BYTES >> 20} MB): "
+                                     f"save it as a baseline JPEG or PNG")
+        i += 2 + length
         if marker == 0xDA:  # start of scan: skip its entropy-coded data up to the next real marker
-            n += 1
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageError(f"JPEG with more than {MAX_JPEG_SCANS} scans (a normal one has at most about 12): "
+                                 f"refused, it would take minutes to decode")
             while True:
                 i = data.find(b"\xff", i)
                 if i < 0 or i + 1 >= end:
-                    return n
+                    return
                 nxt = data[i + 1]
                 if nxt in (0x00, 0xFF) or 0xD0 <= nxt <= 0xD7:
                     i += 1 if nxt == 0xFF else 2
                     continue
                 break
-    return n
 
 
 def _decode_picture(path) -> Image.Image:
@@ -172,18 +198,25 @@ def _decode_picture(path) -> Image.Image:
         fh.seek(0)
         # Only the picture decoders a scan can come in: a .jpg holding PostScript must not reach Ghostscript.
         img = Image.open(fh, formats=PICTURE_FORMATS)
-        if img.format in ("JPEG", "MPO") and _jpeg_scans(fh, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
-            raise ImageError(f"JPEG with more than {MAX_JPEG_SCANS} scans (a normal one has at most about 12): "
-                             f"refused, it would take minutes to decode")
         _check_size(*img.size)
+        if img.format in ("JPEG", "MPO"):
+            _jpeg_check(fh)
+        limit = WHOLE_DECODE_MAX_PIXELS.get(img.format)
+        if limit and img.width * img.height > limit:
+            raise ImageError(f"{img.format} image of {img.width}x{img.height} is too large for this device to decode "
+                             f"({img.format} decodes whole; limit {limit:,} pixels): convert it to PNG or JPEG")
         img.seek(0)
         w, h = img.size
-        if img.format == "JPEG" and max(w, h) > ORDINARY_SIDE:
+        if img.format in ("JPEG", "MPO") and max(w, h) > ORDINARY_SIDE:
             # decode at a DCT-reduced scale: the full-size decode would be thrown away anyway
-            img.draft("L", (math.ceil(w * ORDINARY_SIDE / max(w, h)), math.ceil(h * ORDINARY_SIDE / max(w, h))))
+            img.draft("L", (math.ceil(w * DRAFT_SIDE / max(w, h)), math.ceil(h * DRAFT_SIDE / max(w, h))))
         img.load()
-    ImageOps.exif_transpose(img, in_place=True)  # in place: a copy would double the peak memory
-    return _to_grayscale(img)
+        orientation = img.getexif().get(0x0112, 1)
+    # Grey first, then the EXIF rotation: rotating a 40 MP RGB image would copy 120 MB, its grey version 40 MB.
+    gray = _to_grayscale(img)
+    del img
+    method = EXIF_TRANSPOSE.get(orientation)
+    return gray.transpose(method) if method else gray
 
 
 def _frame_notes(n_frames: int, index: int) -> list[str]:
@@ -239,15 +272,25 @@ def _dicom_pixels(path) -> tuple[Image.Image, list[str]]:
         return _to_grayscale(Image.fromarray(arr[..., :3].astype(np.uint8), "RGB")), _frame_notes(frames, index)
     if arr.ndim != 2:
         raise ImageError(f"DICOM pixel data of shape {arr.shape} is not a 2-D slice")
-    x = arr.astype(np.float32) * _first(ds.get("RescaleSlope", 1) or 1) + _first(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = _first(ds.get("RescaleSlope", 1) or 1), _first(ds.get("RescaleIntercept", 0) or 0)
+
+    def modality(a):  # stored values -> modality units (float32), for a band of rows at a time
+        return a.astype(np.float32) * slope + intercept
+
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is not None and width is not None:
         c, w = _first(center), max(_first(width), 1.0)
         lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
-    else:
-        lo, hi = (float(v) for v in np.percentile(x, [0.5, 99.5]))
-    x = np.zeros_like(x) if not hi > lo else np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0
-    gray = np.round(np.nan_to_num(x)).astype(np.uint8)
+    else:  # a huge slice's percentiles come from every other row and column: the same window, a quarter the memory
+        sample = arr if arr.size <= ORDINARY_SIDE ** 2 else arr[::2, ::2]
+        lo, hi = (float(v) for v in np.percentile(modality(sample), [0.5, 99.5]))
+    # Windowed to 8 bits a band of rows at a time: float32 copies of a whole 40 MP slice would cost 160 MB each.
+    gray = np.empty(arr.shape, np.uint8)
+    step = max(1, BAND_PIXELS // max(arr.shape[1], 1))
+    for top in range(0, arr.shape[0], step):
+        x = modality(arr[top:top + step])
+        x = np.zeros_like(x) if not hi > lo else np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0
+        gray[top:top + step] = np.round(np.nan_to_num(x)).astype(np.uint8)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         gray = 255 - gray  # MONOCHROME1: low values are white
     return Image.fromarray(gray, mode="L"), _frame_notes(frames, index)

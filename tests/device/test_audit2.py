@@ -236,3 +236,52 @@ def test_an_api_array_has_the_pixel_cap():
     big = np.broadcast_to(np.zeros(1, np.uint8), (8000, 6000))   # 48 MP as a view of one byte
     with pytest.raises(ImageError, match="too large"):
         Classifier().classify(big)
+
+
+def _head(side=6320):
+    g = np.zeros((side, side), np.uint8)
+    g[side // 6:side * 5 // 6, side // 5:side * 4 // 5] = 90
+    return Image.fromarray(g)
+
+
+def _dicom16(path, window: bool):
+    pydicom, data = _dicom_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    a = np.asarray(_head(), np.uint16) * 16
+    ds.Rows, ds.Columns = a.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = a.tobytes()
+    for k in ("WindowCenter", "WindowWidth"):
+        if k in ds:
+            del ds[k]
+    if window:
+        ds.WindowCenter, ds.WindowWidth = 1500, 3000
+    ds.save_as(path)
+
+
+def _rotated_png(path, mode):
+    exif = Image.Exif()
+    exif[0x0112] = 6 if mode == "RGB" else 8
+    Image.new(mode, (8000, 5000), (40,) * len(mode)).save(path, "PNG", exif=exif, compress_level=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, make, answered", [
+    ("wide.webp", lambda p: Image.new("RGBA", (16383, 2441), (40, 40, 40, 255)).save(p, "WEBP", lossless=True), False),
+    ("dicom16_window.dcm", lambda p: _dicom16(p, True), True),
+    ("dicom16.dcm", lambda p: _dicom16(p, False), True),
+    ("cmyk_progressive.jpg", lambda p: _head().convert("CMYK").save(p, "JPEG", progressive=True, quality=80), False),
+    ("cmyk_baseline.jpg", lambda p: _head().convert("CMYK").save(p, "JPEG", quality=80), True),
+    ("progressive444.jpg", lambda p: _head().convert("RGB").save(p, "JPEG", progressive=True, subsampling=0), False),
+    ("rgb_rotated.png", lambda p: _rotated_png(p, "RGB"), True),
+    ("rgba_rotated.png", lambda p: _rotated_png(p, "RGBA"), True),
+])
+def test_valid_images_inside_the_pixel_limit_stay_under_300_mb(model, tmp_path, name, make, answered):
+    """Answered, or refused in one line before decoding (formats that only decode whole, progressive JPEGs whose
+    coefficients alone exceed the budget); under 300 MB either way."""
+    f = tmp_path / name
+    make(f)
+    r = classify_peak("--model", model, "--json", f)
+    row = json.loads(r["out"])
+    assert ("label" in row) == answered and r["rc"] == (0 if answered else 1), row
+    assert r["rss_mb"] < 300, r["rss_mb"]
