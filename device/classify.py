@@ -2,9 +2,11 @@
 
     python -m device.classify scan.jpg [scan.dcm folder/ ...] [--json | --csv]
 
-Images (.jpg .png .bmp .tif .gif .webp) and DICOM files (.dcm, or any file with the DICM preamble); folders are
-searched recursively, symbolic links to folders are followed once. Every input that cannot be classified gets one
-line saying why, and the others still run.
+Images (.jpg .png .bmp .tif .gif .webp) and DICOM files (.dcm, or any file with the DICM preamble, whatever its
+name); folders are searched to any depth, symbolic links to folders are followed once, and files that are neither
+are counted in one note. Every input that cannot be classified gets one line saying why, and the others still
+run. Records are whole lines, flushed one by one; file names are escaped in plain output, CSV cells cannot be
+formulas, and JSON carries the exact bytes of a name that is not UTF-8 (`path_bytes_b64`).
 
 Every answer says whether the scan looks like the model's training images (`in_distribution`, from the model's
 own features; see device/ood.py); with --reject-ood a scan that does not is answered "uncertain".
