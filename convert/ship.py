@@ -56,7 +56,7 @@ def how_distilled(manifest) -> str:
                 f"T={c['temperature']:g} on the views, weight alpha={c['alpha']:g} on the images' labels, "
                 f"{c['student_epochs']} epochs" + (f"; {vc['unlabeled_images']:,} unlabeled scans taught by the teacher"
                                                    if vc.get("unlabeled_images") else ""))
-    return f"T={c['temperature']}, alpha={c['alpha']}, teacher logits {c['teacher_mode']}"
+    return f"T={c['temperature']}, alpha={c['alpha']}, the teacher's cached logits on the training images"
 
 
 def calibration_line(meta, parity) -> str:

@@ -49,7 +49,7 @@ def train(args, out: Path, extra) -> dict:
 # version no longer has counts as a difference: such a scratch student is not reused).
 TEACHER_ONLY = {"teacher", "teacher_recipe", "teacher_members", "teacher_weights", "teacher_epochs",
                 "teacher_head_epochs", "teacher_head_lr", "teacher_lr", "teacher_dropout", "teacher_size",
-                "label_smoothing", "temperature", "alpha", "kd_loss", "dkd_beta", "teacher_mode", "tta", "baseline", "out"}
+                "label_smoothing", "temperature", "alpha", "kd_loss", "dkd_beta", "tta", "baseline", "out"}
 # Config fields that change where files go, not what is trained.
 NO_EFFECT = {"cache_dir"}
 

@@ -73,45 +73,17 @@ def _teacher(size):
 
 
 @pytest.mark.parametrize("cached", [False, True])
-def test_teacher_stays_frozen_and_student_learns(cached):
+def test_the_student_learns_from_cached_logits_or_labels(cached):
     keras.utils.set_random_seed(0)
     size = 16
     teacher, student = _teacher(size), build_student(size, 4, width=0.25)
-    before_t = [w.copy() for w in teacher.get_weights()]
     x = np.random.default_rng(0).integers(0, 255, (8, size, size, 1)).astype(np.float32)
     y = np.arange(8) % 4
-    d = Distiller(student, teacher, temperature=4.0, alpha=0.5)
+    d = Distiller(student, temperature=4.0, alpha=0.5 if cached else 1.0)
     d.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
     target = {"label": y, "teacher_logits": teacher.predict(x, verbose=0)} if cached else y
     losses = d.fit(x, target, epochs=15, batch_size=8, verbose=0).history["loss"]
-    assert all(np.array_equal(a, b) for a, b in zip(before_t, teacher.get_weights()))
     assert losses[-1] < 0.5 * losses[0]  # on one fixed batch, the distillation loss must fall
-
-
-def test_consistent_teacher_scores_the_very_batch_the_student_sees():
-    """Consistent teaching: the KD term uses the teacher's logits on the (augmented) batch given to the
-    student, resized to the teacher's input size, not logits of some other view."""
-    from train import fit
-
-    keras.utils.set_random_seed(0)
-    teacher, student = _teacher(8), build_student(16, 4, width=0.25)
-    x = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 1)).astype(np.float32)
-    y = np.arange(6) % 4
-    resized = fit.resized_teacher(teacher, 16, 8)
-    d = Distiller(student, resized, temperature=2.0, alpha=0.3)
-    s_logits = student(x, training=False)
-    t_logits = teacher(keras.layers.Resizing(8, 8, interpolation="bilinear")(x))
-    expected = np.mean(distillation_loss(y, s_logits, t_logits, 2.0, 0.3))
-    got = float(d.compute_loss(x, y, s_logits, training=True))
-    assert got == pytest.approx(float(expected), rel=1e-5)
-    # a mirrored batch gets the mirrored batch's teacher logits (the teacher is not symmetric)
-    xm = x[:, :, ::-1]
-    s_m = student(xm, training=False)
-    t_m = teacher(keras.layers.Resizing(8, 8, interpolation="bilinear")(xm))
-    assert float(d.compute_loss(xm, y, s_m, training=True)) == pytest.approx(
-        float(np.mean(distillation_loss(y, s_m, t_m, 2.0, 0.3))), rel=1e-5)
-    assert float(d.compute_loss(xm, y, s_m, training=True)) != pytest.approx(
-        float(np.mean(distillation_loss(y, s_m, t_logits, 2.0, 0.3))), rel=1e-3)
 
 
 def test_teacher_ensemble_averages_logits_and_tta_averages_flips():

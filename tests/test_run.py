@@ -38,19 +38,18 @@ def test_run_writes_models_reports_and_learns_well_above_chance(tiny_run):
     assert not list(tiny_run.rglob(".*.tmp")) and not list(tiny_run.glob(".*.keras"))  # atomic writes left nothing
 
 
-def test_given_teacher_at_its_own_resolution_with_consistent_dkd_teaching(tiny_run, phantoms, tmp_path):
-    """Consistent teaching (the teacher scores every augmented batch), DKD, and a --teacher of another input size."""
+def test_given_teacher_at_its_own_resolution_with_dkd(tiny_run, phantoms, tmp_path):
+    """DKD from a --teacher of another input size: its logits come from its own resolution's pixels."""
     from train.run import main
 
     out = tmp_path / "run"
     args = ["--data", str(phantoms / "Training"), "--test-data", str(phantoms / "Testing"), "--image-size", "48",
-            "--cache-dir", str(tmp_path / "cache"), "--teacher", str(tiny_run / "teacher.keras"), "--teacher-mode",
-            "consistent", "--kd-loss", "dkd", "--augment", "geo", "--student-epochs", "1", "--batch-size", "16",
+            "--cache-dir", str(tmp_path / "cache"), "--teacher", str(tiny_run / "teacher.keras"),
+            "--kd-loss", "dkd", "--augment", "geo", "--student-epochs", "1", "--batch-size", "16",
             "--no-baseline", "--out", str(out)]
     assert main(args) == 0
     m = json.loads((out / "manifest.json").read_text())
-    assert m["config"]["kd_loss"] == "dkd" and m["config"]["teacher_mode"] == "consistent"
-    assert "teacher_logits" not in m["seconds"] and not list(out.glob("teacher_logits_*.npy"))
+    assert m["config"]["kd_loss"] == "dkd" and len(list(out.glob("teacher_logits_*.npy"))) == 1
     assert set(m["results"]) == {"teacher", "student"} and len(m["epoch_seconds"]["student"]) == 1
     # the 32 px teacher scored on 32 px pixels (as in its own run), not on resized 48 px ones
     ref = json.loads((tiny_run / "manifest.json").read_text())["results"]["teacher"]
@@ -245,7 +244,7 @@ from train.models import build_student
 s = fit.make_strategy("mirrored")
 assert s.num_replicas_in_sync == 2, s.num_replicas_in_sync
 with s.scope():
-    d = Distiller(build_student(16, 4, 0.25), None, alpha=1.0)
+    d = Distiller(build_student(16, 4, 0.25), alpha=1.0)
     d.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
 x = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 1)).astype(np.float32)
 h = d.fit(x, np.arange(16) % 4, batch_size=8, epochs=1, verbose=0)

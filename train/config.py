@@ -70,7 +70,6 @@ class Config:
     alpha: float = 0.6             # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
     kd_loss: str = "hinton"        # hinton | dkd (decoupled KD, Zhao et al. 2022; see train/distill.py)
     dkd_beta: float = 2.0          # DKD's weight of the wrong classes' term
-    teacher_mode: str = "cache"    # cache (teacher logits once) | consistent (teacher on every augmented batch)
     tta: bool = True               # cached logits averaged over a horizontal flip
     # Patient distillation (train/views.py): K views per training image, the teacher's logits on each cached once;
     # the student learns from the views (KL at --temperature) and from the images' labels (weight --alpha).
@@ -165,7 +164,7 @@ PRESETS = {
 
 # Flags with a closed set of values: argparse rejects anything else before a run starts.
 CHOICES = {"augment": AUGMENT_LEVELS, "teacher_recipe": ("lite0", "ensemble", "efficientnetb0"),
-           "teacher_mode": ("cache", "consistent"), "kd_loss": ("hinton", "dkd"), "strategy": ("none", "mirrored")}
+           "kd_loss": ("hinton", "dkd"), "strategy": ("none", "mirrored")}
 
 
 def add_flags(parser, only=None):

@@ -24,12 +24,10 @@ so the more confident the teacher, the less its ranking of the wrong classes
 
     loss = alpha * CE + (1 - alpha) * T^2 * (TCKD + beta * NCKD)
 
-Two ways to get the teacher's logits:
-- cached: the dataset yields {"label", "teacher_logits"}; the teacher is never run
-  during training (it is frozen, so running it every step is wasted work);
-- consistent: the dataset yields labels only and the teacher runs on the very
-  same augmented batch the student sees (Beyer et al.).
-alpha = 1 with no teacher is the no-KD baseline: same loop, same budget.
+The teacher's logits are cached: the dataset yields {"label", "teacher_logits"} and the teacher is never run
+during training (it is frozen, so running it every step is wasted work). Its answers on many views of each
+image, as consistent teaching wants, come from the view cache (train/views.py, ViewDistiller below).
+alpha = 1 with no teacher logits is the no-KD baseline: same loop, same budget.
 
 Weak labels (a scan known to show a tumour of unknown type, label = number of classes): the hard-label term is
 -log P(tumour) = -log(1 - P(notumor)); the soft targets still say which type, so distillation supplies what the
@@ -95,16 +93,13 @@ def distillation_loss(labels, student_logits, teacher_logits, temperature: float
 
 
 class Distiller(keras.Model):
-    """A frozen teacher (optional) and a trainable student; `call` is the student."""
+    """A trainable student taught by cached teacher logits, or by labels alone (the baseline); `call` is the
+    student."""
 
-    def __init__(self, student: keras.Model, teacher: keras.Model | None = None,
-                 temperature: float = 4.0, alpha: float = 0.3, beta: float | None = None,
+    def __init__(self, student: keras.Model, temperature: float = 4.0, alpha: float = 0.3, beta: float | None = None,
                  no_tumour: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.student = student
-        self.teacher = teacher
-        if teacher is not None:
-            teacher.trainable = False
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.beta = None if beta is None else float(beta)
@@ -115,12 +110,7 @@ class Distiller(keras.Model):
         return self.student(x, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if isinstance(y, dict):
-            labels, teacher_logits = y["label"], y["teacher_logits"]
-        else:
-            labels = y
-            use = self.teacher is not None and training and self.alpha < 1.0
-            teacher_logits = self.teacher(x, training=False) if use else None
+        labels, teacher_logits = (y["label"], y["teacher_logits"]) if isinstance(y, dict) else (y, None)
         if not training:
             teacher_logits = None  # validation loss = the student's own CE, comparable across runs
         per_example = distillation_loss(labels, y_pred, teacher_logits, self.temperature, self.alpha, self.beta,

@@ -128,17 +128,14 @@ def fit_classifier(model, data: TrainSet, cfg, *, epochs, augment, seed, stage_d
     return timer.seconds
 
 
-def fit_student(student, data: TrainSet, cfg, *, teacher=None, soft_targets=None, alpha=1.0, stage_dir,
-                strategy) -> list[float]:
-    """Distillation (a teacher model in consistent mode, or its cached soft_targets) or, with neither and alpha 1,
-    the no-KD baseline: the same loop, seed and budget."""
+def fit_student(student, data: TrainSet, cfg, *, soft_targets=None, alpha=1.0, stage_dir, strategy) -> list[float]:
+    """Distillation from the teacher's cached soft_targets or, with none and alpha 1, the no-KD baseline: the same
+    loop, seed and budget."""
     steps = max(len(data.x) // cfg.batch_size, 1)
     size = student.input_shape[1]
     with strategy.scope():
-        if teacher is not None and teacher.input_shape[1] != size:
-            teacher = resized_teacher(teacher, size, teacher.input_shape[1])
         beta = cfg.dkd_beta if cfg.kd_loss == "dkd" else None
-        distiller = Distiller(student, teacher, cfg.temperature, alpha, beta, no_tumour=data.no_tumour)
+        distiller = Distiller(student, cfg.temperature, alpha, beta, no_tumour=data.no_tumour)
         distiller.compile(optimizer=keras.optimizers.AdamW(schedule(cfg.student_lr, cfg.student_epochs, steps),
                                                            weight_decay=cfg.weight_decay), jit_compile=False)
         distiller(np.zeros((1, size, size, 1), np.float32))  # BackupAndRestore needs a built model
@@ -148,13 +145,6 @@ def fit_student(student, data: TrainSet, cfg, *, teacher=None, soft_targets=None
     timer, cbs = callbacks(Path(stage_dir), cfg.patience)
     distiller.fit(train_ds, validation_data=val_ds, epochs=cfg.student_epochs, callbacks=cbs, verbose=VERBOSE)
     return timer.seconds
-
-
-def resized_teacher(teacher, size, tsize):
-    """Consistent teaching with a teacher of another input size: resize the student's augmented batch."""
-    inp = keras.Input((size, size, 1))
-    x = keras.layers.Resizing(tsize, tsize, interpolation="bilinear")(inp)
-    return keras.Model(inp, teacher(x), name="teacher_resized")
 
 
 def predict_logits(model, x: np.ndarray, tta: bool = False, batch: int = 128) -> np.ndarray:

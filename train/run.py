@@ -75,7 +75,7 @@ def run(cfg: Config) -> int:
         t0 = time.time()
         views = teacher.view_cache(cfg, teacher_model, splits, teacher_files)
         seconds["view_cache"] = time.time() - t0
-    elif cfg.teacher_mode == "cache" and cfg.alpha < 1.0:
+    elif cfg.alpha < 1.0:
         t0 = time.time()
         soft = teacher.soft_targets(cfg, teacher_model, t_splits.images.x[t_splits.train], out, teacher_files)
         seconds["teacher_logits"] = time.time() - t0
@@ -83,8 +83,8 @@ def run(cfg: Config) -> int:
 
     # ---- students: distilled, then the same student on labels only (the baseline)
     data = student.train_set(splits, cfg)
-    models = {"teacher": teacher_model, **student.train_students(cfg, data, n_classes, teacher_model, soft, out,
-                                                                 strategy, seconds, epochs, views)}
+    models = {"teacher": teacher_model, **student.train_students(cfg, data, n_classes, soft, out, strategy, seconds,
+                                                                 epochs, views)}
 
     # ---- evaluation and report
     results = report.evaluate(models, splits, t_splits)

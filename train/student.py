@@ -38,11 +38,11 @@ def train_set(splits, cfg: Config, full_labels_only: bool = False) -> fit.TrainS
                         imgs.classes.index(NO_TUMOUR) if weak else None)
 
 
-def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, teacher, soft_targets, out: Path, strategy,
+def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, soft_targets, out: Path, strategy,
                    seconds: dict, epoch_seconds: dict, views=None) -> dict:
     """{"student": distilled, "baseline": labels only (unless --no-baseline)}. The teacher teaches through the
     view cache (views = (cache, labels of its images); the baseline is the twin on the same views with their
-    labels), through its cached soft targets, or (--teacher-mode consistent) by scoring every augmented batch."""
+    labels), or through its cached soft targets on the training images."""
     if views is not None:
         cache, view_labels = views
         mixed, known = cache.soft_labels(view_labels, n_classes)
@@ -50,10 +50,9 @@ def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, teacher, sof
         if cfg.baseline:
             runs["baseline"] = dict(teacher=False, view_target=mixed, view_mask=known.astype(np.float32))
     else:
-        runs = {"student": dict(alpha=cfg.alpha, soft_targets=soft_targets,
-                                teacher=teacher if cfg.teacher_mode == "consistent" else None)}
+        runs = {"student": dict(alpha=cfg.alpha, soft_targets=soft_targets)}
         if cfg.baseline:
-            runs["baseline"] = dict(alpha=1.0, soft_targets=None, teacher=None)
+            runs["baseline"] = dict(alpha=1.0, soft_targets=None)
     models = {}
     for name, how in runs.items():
         t0, path = time.time(), out / f"{name}.keras"
@@ -73,7 +72,7 @@ def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, teacher, sof
                                                        cfg.views, cfg, teacher=how["teacher"], stage_dir=stage,
                                                        strategy=strategy)
             else:
-                kd = f", {cfg.kd_loss} T {cfg.temperature:g}, teacher {cfg.teacher_mode}" if how["alpha"] < 1 else ""
+                kd = f", {cfg.kd_loss} T {cfg.temperature:g}, cached teacher logits" if how["alpha"] < 1 else ""
                 _log(f"{name}: training for up to {cfg.student_epochs} epochs (alpha {how['alpha']:g}{kd})")
                 epoch_seconds[name] = fit.fit_student(models[name], data, cfg, **how, stage_dir=stage,
                                                       strategy=strategy)
