@@ -167,9 +167,12 @@ def test_presets_combine_in_order_and_flags_win():
     assert (cfg.student_width, cfg.student_epochs) == (0.25, 5)
     # The parameter count the docs quote for the tiny student, at the real-data image size.
     assert build_student(96, 4, width=cfg.student_width).count_params() == 16_708
-    # px64 changes only the student's input and schedule: the teacher keeps the default 128 px.
+    # px64 changes only the student's input: the teacher keeps the default 128 px.
     cfg = from_args(p.parse_args(["--preset", "px64"]))
-    assert (cfg.image_size, cfg.teacher_size, cfg.student_epochs, cfg.patience) == (64, 128, 36, 0)
+    assert (cfg.image_size, cfg.teacher_size, cfg.student_epochs, cfg.patience) == (64, 128, 40, 0)
+    # the recipe before the view cache, by name
+    cfg = from_args(p.parse_args(["--preset", "cached-logits"]))
+    assert (cfg.views, cfg.student_epochs, cfg.temperature, cfg.alpha) == (0, 18, 4.0, 0.6)
     assert (cfg.data, cfg.student_width) == (Config().data, 1.0)
     assert count_macs(build_student(64, 4)) == 7_212_032 and count_macs(build_student(96, 4)) == 16_225_792
 
