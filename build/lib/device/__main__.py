@@ -1,3 +1,0 @@
-from device.classify import run
-
-run()
