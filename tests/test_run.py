@@ -45,7 +45,7 @@ def test_given_teacher_at_its_own_resolution_with_dkd(tiny_run, phantoms, tmp_pa
     out = tmp_path / "run"
     args = ["--data", str(phantoms / "Training"), "--test-data", str(phantoms / "Testing"), "--image-size", "48",
             "--cache-dir", str(tmp_path / "cache"), "--teacher", str(tiny_run / "teacher.keras"),
-            "--kd-loss", "dkd", "--augment", "geo", "--student-epochs", "1", "--batch-size", "16",
+            "--views", "0", "--kd-loss", "dkd", "--augment", "geo", "--student-epochs", "1", "--batch-size", "16",
             "--no-baseline", "--out", str(out)]
     assert main(args) == 0
     m = json.loads((out / "manifest.json").read_text())
@@ -91,6 +91,8 @@ def test_finished_members_are_reused_only_when_trained_as_asked(tiny_run, tmp_pa
     (["--alpha", "1.5"], "--alpha 1.5"),
     (["--patience", "-1"], "--patience -1"),
     (["--kd-loss", "dkd", "--dkd-beta", "-1"], "--dkd-beta -1"),
+    (["--kd-loss", "dkd"], "--kd-loss dkd works on the teacher's logits on the images: add --views 0"),
+    (["--views", "0", "--unlabeled", "somewhere"], "--unlabeled: unlabeled scans teach through the view cache"),
     (["--temperature", "0"], "--temperature 0"),
     (["--teacher", "missing.keras"], "--teacher: model not found: missing.keras"),
     (["--val-fraction", "0.6", "--test-fraction", "0.5"], "--val-fraction 0.6"),

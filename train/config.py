@@ -139,6 +139,9 @@ class Config:
                               "weak labels of a tumor/notumor folder work with --kd-loss hinton only")
         if self.views < 0:
             raise ConfigError(f"--views {self.views}: want views per image >= 1, or 0 for no view cache")
+        if self.views and self.kd_loss != "hinton":
+            raise ConfigError(f"--kd-loss {self.kd_loss} works on the teacher's logits on the images: add --views 0 "
+                              f"(or --preset cached-logits); the view cache distills with KL at --temperature")
         if self.unlabeled and not self.views:
             raise ConfigError("--unlabeled: unlabeled scans teach through the view cache; add --views K")
         if not 0 < self.student_width <= 4:
