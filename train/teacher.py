@@ -147,9 +147,10 @@ def ensemble(members, size: int) -> keras.Model:
 
 def soft_targets(cfg: Config, teacher, x_train: np.ndarray, out: Path, teacher_files: list[Path]) -> np.ndarray:
     """The teacher's logits on the training images (flip-averaged with --tta), computed once and cached in the run
-    folder, keyed by which teacher file(s) produced them so another --teacher never reuses stale logits."""
-    tag = hashlib.sha256("|".join(f"{p.resolve()}:{p.stat().st_mtime_ns}" for p in teacher_files).encode())
-    cache = out / f"teacher_logits_{'tta' if cfg.tta else 'plain'}_{tag.hexdigest()[:10]}.npy"
+    folder, keyed by the teacher files' contents so another --teacher never reuses stale logits."""
+    from train.views import teacher_digest  # one notion of "the same teacher" for both caches: its contents
+
+    cache = out / f"teacher_logits_{'tta' if cfg.tta else 'plain'}_{teacher_digest(teacher_files)[:10]}.npy"
     if cache.is_file():
         logits = np.load(cache)
         if len(logits) == len(x_train):
