@@ -32,7 +32,7 @@ PARITY_ARGS ?=
 BENCH_ARGS ?=
 SHIP_ARGS ?=
 
-.PHONY: all venv data distill tflite parity ship test test-fast test-train test-device lint bench pi-smoke clean
+.PHONY: all venv data distill tflite parity ship test test-fast test-train test-train-run test-train-rest test-device lint bench pi-smoke clean
 
 all: data distill tflite parity
 
@@ -74,7 +74,11 @@ bench: $(VENV)/.stamp $(DVENV)/.stamp
 
 # Tests: training/convert side in .venv, device side in .venv-device (no TensorFlow there).
 # test-fast skips the end-to-end checks marked slow (conversion processes, EfficientNet, MirroredStrategy).
-test: test-train test-device
+# make test runs two lanes side by side (TensorFlow's tracing and the device CLI's processes are mostly
+# single-threaded): the tests that share the session's tiny training run, and the others then the device tests.
+# -O keeps each part's output together.
+test: $(VENV)/.stamp $(DVENV)/.stamp
+	$(MAKE) --no-print-directory -j2 -O test-train-run test-train-rest test-device
 
 test-fast: $(VENV)/.stamp $(DVENV)/.stamp
 	$(PY) -m pytest -q -m "not slow" tests --ignore=tests/device
@@ -82,6 +86,12 @@ test-fast: $(VENV)/.stamp $(DVENV)/.stamp
 
 test-train: $(VENV)/.stamp
 	$(PY) -m pytest -q tests --ignore=tests/device
+
+test-train-run: $(VENV)/.stamp
+	$(PY) -m pytest -q -m tiny_run tests --ignore=tests/device
+
+test-train-rest: $(VENV)/.stamp
+	$(PY) -m pytest -q -m "not tiny_run" tests --ignore=tests/device
 
 # The device venv has tflite-runtime (Python <= 3.11); the LiteRT cases run in .venv, which has LiteRT.
 test-device: $(DVENV)/.stamp $(VENV)/.stamp

@@ -16,10 +16,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def pytest_collection_modifyitems(items):
-    """Whatever needs the trained tiny run is end to end: `slow` (make test-fast skips it)."""
+    """Whatever needs the trained tiny run is end to end: `slow` (make test-fast skips it), and `tiny_run` (make test
+    runs those tests in one process, beside the others, so that the run is trained once)."""
     for item in items:
         if {"tiny_run", "converted"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.tiny_run)
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,8 @@ def test_a_run_on_two_sources_reports_each_and_keeps_weak_files_out_of_parity_li
 
     weak = second_style(phantoms, tmp_path / "hospital")
     cfg = tiny_config(phantoms, tmp_path, data=f"{phantoms / 'Training'},{weak}", test_data="",
-                      teacher=str(tiny_run / "teacher.keras"), student_epochs=2, val_fraction=0.2, test_fraction=0.2)
+                      teacher=str(tiny_run / "teacher.keras"), student_epochs=2, val_fraction=0.2, test_fraction=0.2,
+                      baseline=False)
     assert run(cfg) == 0
     out = tmp_path / "run"
     m = json.loads((out / "manifest.json").read_text())
