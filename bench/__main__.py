@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-run", help="take the teacher variants from this run (default: --run)")
     p.add_argument("--reference-run", help="also time this run's teacher_fp32 as 'reference_fp32' (e.g. the "
                                           "EfficientNetB0 teacher of an older run); ratios stay against teacher_fp32")
+    p.add_argument("--student-run", action="append", default=[], metavar="RUN",
+                   help="also time the int8 student of this run (repeat: a ladder of student sizes); its test split "
+                        "must be --run's")
     p.add_argument("--out", help="report folder (default: <run>/bench)")
     p.add_argument("--python", action="append", default=[], metavar="PATH",
                    help="a Python interpreter to time the runtimes it has (repeat; default: this one)")
@@ -75,8 +78,12 @@ def main(argv=None) -> int:
             for v in sorted(VARIANTS, key=lambda v: not v.startswith("teacher"))]  # the ratios' reference first
     if a.reference_run:
         todo.insert(0, ("reference_fp32", Path(a.reference_run), "teacher_fp32"))
+    todo += [(f"student_int8 ({Path(r).name})", Path(r), "student_int8") for r in a.student_run]
     manifests = {src: json.loads((src / "manifest.json").read_text()) for _, src, _ in todo}
     split = json.loads((run / "split.json").read_text())
+    for r in a.student_run:  # accuracies side by side mean the same test images
+        if json.loads((Path(r) / "split.json").read_text())["test"] != split["test"]:
+            p.error(f"--student-run {r}: its test split is not --run's (train it with the same --split-seed and data)")
     image = split["test"][0]
     out = Path(a.out) if a.out else run / "bench"
     # The device scores labelled scans, not a training run's files: the test split as path,label rows.
@@ -109,7 +116,7 @@ def main(argv=None) -> int:
                          "params": res.get("params"), "macs": res.get("macs"), **r,
                          "fresh_process": fresh[len(fresh) // 2],
                          "fresh_process_peak_rss_mb_max": max(f["peak_rss_mb"] for f in fresh)})
-            print(f"{runtime:15s} {v:16s} p50 {r['p50_ms']:8.2f} ms  acc {r['eval']['accuracy']:.2%}")
+            print(f"{runtime:15s} {v:28s} p50 {r['p50_ms']:8.2f} ms  acc {r['eval']['accuracy']:.2%}")
     for r in rows:
         base = next((b for b in rows if b["runtime"] == r["runtime"] and b["variant"] == "teacher_fp32"), None)
         if base:

@@ -240,3 +240,27 @@ def test_external_evaluation_reports_each_source_tumour_calls_and_the_ood_flag(c
         assert sum(sum(v.values()) for v in s["labels_given"].values()) == 6
     assert "siteA" in (run / "bench" / "external.md").read_text()
     assert external_main(["--run", str(run), "--data", str(tmp_path / "nowhere")]) == 2
+
+
+def test_bench_times_a_ladder_of_students_on_one_test_split(converted, tmp_path, capsys):
+    from bench.__main__ import main as bench_main
+
+    run, _ = converted
+    small = tmp_path / "small"          # a second student trained on the same split (here: the same files)
+    small.mkdir()
+    for f in ("manifest.json", "split.json", "student_int8.tflite", "student_int8.json"):
+        shutil.copy(run / f, small / f)
+    out = tmp_path / "bench"
+    assert bench_main(["--run", str(run), "--student-run", str(small), "--runs", "3", "--repeats", "1",
+                       "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {"student_int8", "student_int8 (small)"}
+    assert rows["student_int8 (small)"]["eval"]["accuracy"] == rows["student_int8"]["eval"]["accuracy"]
+    assert rows["student_int8"]["eval"]["n"] == len(json.loads((run / "split.json").read_text())["test"])
+    assert "student_int8 (small)" in (out / "results.md").read_text()
+    # a student scored on other test images would not be comparable: refused, one line
+    split = json.loads((small / "split.json").read_text())
+    (small / "split.json").write_text(json.dumps({**split, "test": split["test"][1:]}))
+    with pytest.raises(SystemExit) as e:
+        bench_main(["--run", str(run), "--student-run", str(small), "--out", str(out)])
+    assert e.value.code == 2 and "its test split is not --run's" in capsys.readouterr().err
