@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # The teachers' Keras model names (train/models.py), as the card names them.
-ARCHITECTURES = {"teacher_efficientnet_lite0": "EfficientNet-Lite0, ImageNet-pretrained",
+ARCHITECTURES = {**{f"teacher_efficientnet_lite{i}": f"EfficientNet-Lite{i}, ImageNet-pretrained" for i in range(3)},
                  "teacher_efficientnetb0": "EfficientNetB0", "teacher_ensemble": "ensemble of CNNs (logits averaged)",
                  "student_dwcnn": "a CNN of the student's family"}
 
@@ -33,8 +33,8 @@ def teacher_name(manifest) -> str:
     if c.get("teacher"):  # given by path: named by what it is, and the run it came from
         arch = ARCHITECTURES.get(t.get("architecture"), "a Keras model")
         return f"{arch}, {t['input_size']} px (`{portable(c['teacher'])}`)"
-    if c.get("teacher_recipe") == "lite0":
-        return (f"EfficientNet-Lite0, ImageNet-pretrained, {t['input_size']} px (fine-tuned "
+    if c.get("teacher_recipe", "").startswith("lite"):
+        return (f"EfficientNet-{c['teacher_recipe'].title()}, ImageNet-pretrained, {t['input_size']} px (fine-tuned "
                 f"{c['teacher_head_epochs']} + {c['teacher_epochs']} epochs)")
     if c.get("teacher_recipe", "efficientnetb0") != "ensemble":
         return "EfficientNetB0"

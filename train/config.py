@@ -46,7 +46,8 @@ class Config:
     split_seed: int = 42           # fixed across seeds, so that ablations share one test set
     # teacher
     teacher: str = ""              # trained teacher .keras to load instead of training; a,b,c = their ensemble
-    # lite0: EfficientNet-Lite0 fine-tuned from ImageNet weights that ship in a registry package (offline);
+    # lite0 (lite1, lite2): EfficientNet-Lite0 (1, 2) fine-tuned from ImageNet weights that ship in registry packages
+    # (offline);
     # ensemble: CNNs of the student's family from scratch (--preset ensemble); efficientnetb0: for users with
     # ImageNet weights of their own (--teacher-weights imagenet|PATH); from scratch it reaches only ~70%.
     teacher_recipe: str = "lite0"
@@ -171,7 +172,7 @@ PRESETS = {
 }
 
 # Flags with a closed set of values: argparse rejects anything else before a run starts.
-CHOICES = {"augment": AUGMENT_LEVELS, "teacher_recipe": ("lite0", "ensemble", "efficientnetb0"),
+CHOICES = {"augment": AUGMENT_LEVELS, "teacher_recipe": ("lite0", "lite1", "lite2", "ensemble", "efficientnetb0"),
            "kd_loss": ("hinton", "dkd"), "strategy": ("none", "mirrored")}
 
 

@@ -89,65 +89,70 @@ def count_macs(model: keras.Model) -> int:
     return int(total)
 
 
-# EfficientNet-Lite0 (Tan and Le 2019; the Lite variant: no squeeze-excite, ReLU6, fixed stem and head), the
-# layout of the ImageNet weights in train/pretrained.py: (kernel, stride, expansion, output filters, repeats).
-LITE0_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3),
-                (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
-LITE0_EPSILON = 1e-3  # the weights' own BatchNorm epsilon
+# EfficientNet-Lite (Tan and Le 2019; the Lite variant: no squeeze-excite, ReLU6, the stem and head fixed), the layout
+# of the ImageNet weights in train/pretrained.py. Per stage (kernel, stride, expansion); the variants differ in each
+# stage's output filters and repeats (read off the weight files' shapes).
+LITE_STAGES = ((3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6))
+LITE = {"lite0": ((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1)),
+        "lite1": ((16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1)),
+        "lite2": ((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1))}
+LITE_EPSILON = 1e-3  # the weights' own BatchNorm epsilon
 
 
-def _lite0_bn(x, name):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=LITE0_EPSILON, name=name)(x)
+def _lite_bn(x, name):
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=LITE_EPSILON, name=name)(x)
 
 
-def lite0_features(rgb):
-    """The Lite0 backbone on RGB pixels 0..255 (normalised inside, as the weights expect: (x - 127) / 128) up to
-    its 1280 pooled features. TF-style "same" padding, which is what the weights were trained with."""
+def lite_features(rgb, variant: str = "lite0"):
+    """The backbone of EfficientNet-`variant` on RGB pixels 0..255 (normalised inside, as the weights expect:
+    (x - 127) / 128) up to its 1280 pooled features. TF-style "same" padding, which the weights were trained with."""
     x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="lite_normalise")(rgb)
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.ReLU(6.0, name="stem_relu")(_lite0_bn(x, "stem_bn"))
+    x = layers.ReLU(6.0, name="stem_relu")(_lite_bn(x, "stem_bn"))
     i, channels = 0, 32
-    for kernel, stride, expand, filters, repeats in LITE0_STAGES:
+    for (kernel, stride, expand), filters, repeats in zip(LITE_STAGES, *LITE[variant]):
         for r in range(repeats):
             s, inp = (stride if r == 0 else 1), x
             if expand != 1:
                 x = layers.Conv2D(channels * expand, 1, use_bias=False, name=f"block{i}_expand")(x)
-                x = layers.ReLU(6.0, name=f"block{i}_expand_relu")(_lite0_bn(x, f"block{i}_expand_bn"))
+                x = layers.ReLU(6.0, name=f"block{i}_expand_relu")(_lite_bn(x, f"block{i}_expand_bn"))
             x = layers.DepthwiseConv2D(kernel, strides=s, padding="same", use_bias=False, name=f"block{i}_dw")(x)
-            x = layers.ReLU(6.0, name=f"block{i}_dw_relu")(_lite0_bn(x, f"block{i}_dw_bn"))
+            x = layers.ReLU(6.0, name=f"block{i}_dw_relu")(_lite_bn(x, f"block{i}_dw_bn"))
             x = layers.Conv2D(filters, 1, use_bias=False, name=f"block{i}_project")(x)
-            x = _lite0_bn(x, f"block{i}_project_bn")
+            x = _lite_bn(x, f"block{i}_project_bn")
             if s == 1 and channels == filters:
                 x = layers.Add(name=f"block{i}_add")([x, inp])
             i, channels = i + 1, filters
     x = layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
-    x = layers.ReLU(6.0, name="head_relu")(_lite0_bn(x, "head_bn"))
+    x = layers.ReLU(6.0, name="head_relu")(_lite_bn(x, "head_bn"))
     return layers.GlobalAveragePooling2D(name="pool")(x)
 
 
-def build_lite0_imagenet(size: int) -> keras.Model:
+def build_lite_imagenet(size: int, variant: str = "lite0") -> keras.Model:
     """The ImageNet classifier as the weights define it (RGB in, 1000 logits out): for checking the conversion."""
     inp = keras.Input((size, size, 3), name="rgb")
-    return keras.Model(inp, layers.Dense(1000, name="imagenet_logits")(lite0_features(inp)), name="lite0_imagenet")
+    return keras.Model(inp, layers.Dense(1000, name="imagenet_logits")(lite_features(inp, variant)),
+                       name=f"{variant}_imagenet")
 
 
-def build_efficientnet_lite0(size: int, n_classes: int, weights: str | None = None, dropout: float = 0.2) -> keras.Model:
-    """The teacher: grayscale pixels 0..255 repeated to 3 channels inside the model, the Lite0 backbone with
-    `weights` (a Keras weights file from train.pretrained.imagenet_weights, or None for random init), and a new
-    n-way head."""
+def build_efficientnet_lite(size: int, n_classes: int, weights: str | None = None, dropout: float = 0.2,
+                            variant: str = "lite0") -> keras.Model:
+    """The teacher: grayscale pixels 0..255 repeated to 3 channels inside the model, the backbone of
+    EfficientNet-`variant` with `weights` (a Keras weights file from train.pretrained.imagenet_weights, or None for
+    random init), and a new n-way head."""
     gray = keras.Input((size, size, 1), name="gray")
-    backbone = keras.Model(gray, lite0_features(layers.Concatenate(name="gray_to_rgb")([gray, gray, gray])),
-                           name="lite0_backbone")
+    backbone = keras.Model(gray, lite_features(layers.Concatenate(name="gray_to_rgb")([gray, gray, gray]), variant),
+                           name=f"{variant}_backbone")
     inp = keras.Input((size, size, 1), name="pixels")
     if weights:
-        _load_backbone(backbone, weights)
+        _load_backbone(backbone, weights, variant)
     x = layers.Dropout(dropout, name="head_dropout")(backbone(inp))
-    return keras.Model(inp, layers.Dense(n_classes, name="logits")(x), name="teacher_efficientnet_lite0")
+    return keras.Model(inp, layers.Dense(n_classes, name="logits")(x), name=f"teacher_efficientnet_{variant}")
 
 
-def _load_backbone(backbone: keras.Model, weights) -> None:
+def _load_backbone(backbone: keras.Model, weights, variant: str) -> None:
     """Copy the ImageNet model's weights into the backbone layer by layer (same names, no 1000-class head)."""
-    ref = build_lite0_imagenet(32)
+    ref = build_lite_imagenet(32, variant)
     ref.load_weights(weights)
     for layer in backbone.layers:
         if layer.weights:

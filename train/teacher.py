@@ -17,7 +17,7 @@ import numpy as np
 from device.atomic import atomic_path, atomic_write_json
 from train import fit, log
 from train.config import Config, ConfigError
-from train.models import build_efficientnet_lite0, build_efficientnetb0, build_student
+from train.models import build_efficientnet_lite, build_efficientnetb0, build_student
 from train.pretrained import imagenet_weights
 
 # A member record's fields, named as the error message names them. The seed is not compared: a run with
@@ -91,7 +91,8 @@ def train_members(cfg: Config, data: fit.TrainSet, n: int, out: Path, strategy, 
 
 
 def train_efficientnet(cfg: Config, data: fit.TrainSet, n: int, out: Path, strategy, epoch_times: dict):
-    """One large network: EfficientNet-Lite0 fine-tuned from ImageNet (lite0), or EfficientNetB0 (efficientnetb0)."""
+    """One large network: EfficientNet-Lite0/1/2 fine-tuned from ImageNet (lite0, lite1, lite2), or EfficientNetB0
+    (efficientnetb0)."""
     size, stages = int(data.x.shape[1]), out / "stages"
     if (out / "teacher.keras").is_file():
         _log(f"loading finished {out / 'teacher.keras'}")
@@ -105,16 +106,17 @@ def train_efficientnet(cfg: Config, data: fit.TrainSet, n: int, out: Path, strat
         epoch_times["teacher"] = fit.fit_classifier(model, data, cfg, epochs=cfg.teacher_epochs, augment=cfg.augment,
                                                     seed=cfg.seed, stage_dir=stages / "teacher", strategy=strategy)
         return model
-    weights = imagenet_weights(cfg.cache_dir)
+    variant, name = cfg.teacher_recipe, f"EfficientNet-{cfg.teacher_recipe.title()}"
+    weights = imagenet_weights(cfg.cache_dir, variant)
     with strategy.scope():
-        model = build_efficientnet_lite0(size, n, weights, cfg.teacher_dropout)
-    backbone = model.get_layer("lite0_backbone")
+        model = build_efficientnet_lite(size, n, weights, cfg.teacher_dropout, variant)
+    backbone = model.get_layer(f"{variant}_backbone")
     head_done = stages / "teacher_head" / "head.weights.h5"
     if cfg.teacher_head_epochs and head_done.is_file():
         model.load_weights(head_done)
     elif cfg.teacher_head_epochs:
         # A random head's gradients would wreck the ImageNet features: train it alone first.
-        _log(f"EfficientNet-Lite0 at {size} px: head only, {cfg.teacher_head_epochs} epoch(s)")
+        _log(f"{name} at {size} px: head only, {cfg.teacher_head_epochs} epoch(s)")
         backbone.trainable = False
         epoch_times["teacher_head"] = fit.fit_classifier(
             model, data, cfg, epochs=cfg.teacher_head_epochs, augment=cfg.augment, seed=cfg.seed,
@@ -127,7 +129,7 @@ def train_efficientnet(cfg: Config, data: fit.TrainSet, n: int, out: Path, strat
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    _log(f"EfficientNet-Lite0 at {size} px: fine-tuning, BatchNorm frozen, up to {cfg.teacher_epochs} epochs")
+    _log(f"{name} at {size} px: fine-tuning, BatchNorm frozen, up to {cfg.teacher_epochs} epochs")
     epoch_times["teacher"] = fit.fit_classifier(model, data, cfg, epochs=cfg.teacher_epochs, augment=cfg.augment,
                                                 seed=cfg.seed, stage_dir=stages / "teacher", strategy=strategy)
     return model
