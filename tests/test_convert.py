@@ -65,11 +65,17 @@ def test_training_pixels_and_device_pixels_are_bit_identical(converted):
         assert fed.dtype == np.uint8 and np.array_equal(fed, arr), path
 
 
-def test_parity_gate_passes_good_model_and_fails_blank_calibration(converted, tmp_path):
+def test_parity_gate_passes_good_model_and_fails_blank_calibration(converted, tmp_path, capsys):
     run, _ = converted
     # The tiny test student is barely trained (near-tied probabilities flip easily), so the
     # gate is set looser than the default used on real runs; the broken model must still fail it.
     gate = ["--min-agreement", "90", "--max-drop", "5"]
+    # file names as users type them work too; a missing float model is one line, exit 2
+    assert parity_main(["--run", str(run), "--model", "student_int8.tflite", "--float-model", "student.keras",
+                        *gate]) == 0
+    capsys.readouterr()
+    assert parity_main(["--run", str(run), "--float-model", "teacher_missing.keras"]) == 2
+    assert capsys.readouterr().err == f"error: --float-model: no teacher_missing.keras in {run}\n"
     assert parity_main(["--run", str(run), *gate]) == 0
     rep = json.loads((run / "parity.json").read_text())
     assert rep["passed"] and rep["agreement_percent"] >= 90 and rep["int8_confidence_coverage"][0]["coverage"] == 1
