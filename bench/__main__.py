@@ -133,6 +133,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def ratio(row, key) -> str:
+    """"-" where the run has no teacher_fp32 on that runtime to compare with."""
+    return f"{row[key]:.1f}x" if key in row else "-"
+
+
 def to_markdown(r) -> str:
     m = r["machine"]
     lines = [f"Run `{r['run']}` on {m['cpu']} ({m['cores']} cores, {m['arch']}), {r['threads']} interpreter "
@@ -144,7 +149,7 @@ def to_markdown(r) -> str:
         lines.append(
             f"| {x['runtime']} | {x['variant']} | {x['bytes'] / 1024:,.0f} KB | {x['params'] or 0:,} | "
             f"{(x['macs'] or 0) / 1e6:.1f} M | {x['load_ms']:.0f} ms | {x['p50_ms']:.2f} ms | {x['p90_ms']:.2f} ms | "
-            f"{x.get('speedup_vs_teacher_fp32', 0):.1f}x | {x.get('smaller_vs_teacher_fp32', 0):.1f}x | "
+            f"{ratio(x, 'speedup_vs_teacher_fp32')} | {ratio(x, 'smaller_vs_teacher_fp32')} | "
             f"{x['eval']['accuracy']:.2%} | {x['eval']['macro_f1']:.4f} | "
             f"{x['fresh_process']['wall_s']:.2f} s / {x['fresh_process']['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines) + "\n"

@@ -53,6 +53,17 @@ def converted_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def untrained_teacher(tmp_path_factory) -> Path:
+    """A saved teacher whose answers do not matter (cache and plumbing tests): no training, so such tests need not
+    wait for the tiny run."""
+    from train.models import build_student
+
+    path = tmp_path_factory.mktemp("teacher") / "teacher.keras"
+    build_student(32, 4, 0.25).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_run(phantoms, tmp_path_factory):
     """One full (tiny) training run: a two-member teacher ensemble, the distilled student, the baseline."""
     from train.run import run

@@ -124,7 +124,9 @@ def test_patient_distillation_pulls_the_student_towards_the_teacher_on_views():
     assert last < 0.5 * first
 
 
-def test_unlabeled_scans_enter_the_view_cache_and_only_the_teacher_teaches_them(phantoms, tiny_run, tmp_path):
+@pytest.mark.slow
+def test_unlabeled_scans_enter_the_view_cache_and_only_the_teacher_teaches_them(phantoms, untrained_teacher,
+                                                                                tmp_path):
     from train.run import run
 
     hospital = second_style(phantoms, tmp_path / "hospital", n=12)
@@ -133,7 +135,7 @@ def test_unlabeled_scans_enter_the_view_cache_and_only_the_teacher_teaches_them(
     for i, f in enumerate(sorted(hospital.rglob("*.png"))):
         f.rename(flat / f"scan{i}.png")
     (flat / "notes.txt").write_text("not a scan")
-    cfg = tiny_config(phantoms, tmp_path, teacher=str(tiny_run / "teacher.keras"), views=2,
+    cfg = tiny_config(phantoms, tmp_path, teacher=str(untrained_teacher), views=2,
                       unlabeled=str(tmp_path / "archive"), student_epochs=1, alpha=0.3, baseline=False)
     assert run(cfg) == 0
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
@@ -142,7 +144,7 @@ def test_unlabeled_scans_enter_the_view_cache_and_only_the_teacher_teaches_them(
     assert vc["unlabeled_images"] == 24                # 12 + 3 x 4 hospital scans, the text file ignored
     assert vc["views"] == 2 * (n_train + 24)
     # the same teacher, views and images: a second run reuses the cache
-    cfg2 = tiny_config(phantoms, tmp_path / "second", teacher=str(tiny_run / "teacher.keras"), views=2,
+    cfg2 = tiny_config(phantoms, tmp_path / "second", teacher=str(untrained_teacher), views=2,
                        cache_dir=cfg.cache_dir, unlabeled=str(tmp_path / "archive"), student_epochs=1, alpha=0.3, seed=4,
                        baseline=False)
     assert run(cfg2) == 0
