@@ -99,3 +99,20 @@ def test_weak_folders_alone_are_refused(phantoms, tmp_path):
     shutil.copytree(weak, tmp_path / "w2")
     with pytest.raises(DataError, match="full class labels"):
         load_sources([str(weak), str(tmp_path / "w2")], 32, tmp_path / "cache")
+
+
+def test_split_unlabeled_keeps_each_class_share_and_hides_labels_in_names(phantoms, tmp_path):
+    from experiments.split_unlabeled import main, split
+    from train.data import load_unlabeled, scan_folder
+
+    n_lab, n_unl = split(str(phantoms / "Training"), 0.25, tmp_path / "s", seed=3)
+    classes, items = scan_folder(phantoms / "Training")
+    lab_classes, lab_items = scan_folder(tmp_path / "s" / "labelled")
+    assert lab_classes == classes and n_lab + n_unl == len(items) and n_lab == len(lab_items)
+    for ci in range(len(classes)):  # stratified: each class keeps its quarter
+        assert sum(c == ci for _, c in lab_items) == round(sum(c == ci for _, c in items) * 0.25)
+    names = [p.name for p in (tmp_path / "s" / "unlabeled").iterdir()]
+    assert len(names) == n_unl and not any(c in n for n in names for c in classes)
+    assert len(load_unlabeled([str(tmp_path / "s" / "unlabeled")], 32, tmp_path / "cache").paths) == n_unl
+    with pytest.raises(SystemExit, match="exists"):
+        main(["--data", str(phantoms / "Training"), "--out", str(tmp_path / "s")])
