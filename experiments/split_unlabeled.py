@@ -22,12 +22,12 @@ def split(data: str, labelled: float, out: Path, seed: int = 0) -> tuple[int, in
     classes, items = scan_folder(data)
     rng = random.Random(seed)
     n_lab = n_unl = 0
+    (out / "unlabeled").mkdir(parents=True)
     for ci, cls in enumerate(classes):
         files = [p for p, c in items if c == ci]
         rng.shuffle(files)
         cut = round(len(files) * labelled)
-        (out / "labelled" / cls).mkdir(parents=True, exist_ok=True)
-        (out / "unlabeled").mkdir(parents=True, exist_ok=True)
+        (out / "labelled" / cls).mkdir(parents=True)
         for p in files[:cut]:
             (out / "labelled" / cls / p.name).symlink_to(p.resolve())
         for p in files[cut:]:

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     splits = prepare(cfg).at_size(cfg, int(model.input_shape[1]))
     before = accuracy(model, splits)
     print(f"before: val {before['val']:.2%}, test {before['test']:.2%}", flush=True)
-    for layer in model._flatten_layers():
+    for layer in model._flatten_layers():   # each layer: `model.trainable = True` leaves the frozen BatchNorm frozen
         layer.trainable = True
     seconds = fit.fit_classifier(model, student.train_set(splits, cfg, full_labels_only=True), cfg, epochs=a.epochs,
                                  augment=cfg.augment, seed=cfg.seed, stage_dir=Path(a.out) / "stages",
