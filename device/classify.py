@@ -2,11 +2,13 @@
 
     python -m device.classify scan.jpg [scan.dcm folder/ ...] [--json | --csv]
 
-Images (.jpg .png .bmp .tif .gif .webp) and DICOM files (.dcm, or any file with the DICM preamble, whatever its
-name); folders are searched to any depth, symbolic links to folders are followed once, and files that are neither
-are counted in one note. Every input that cannot be classified gets one line saying why, and the others still
-run. Records are whole lines, flushed one by one; file names are escaped in plain output, CSV cells cannot be
-formulas, and JSON carries the exact bytes of a name that is not UTF-8 (`path_bytes_b64`).
+JPEG and PNG images and DICOM files (.dcm, or any file with the DICM preamble, whatever its name); folders are
+searched to any depth, each folder once however many links lead to it, and files that are neither are counted in
+one note. Every file is decoded in a worker process under OS limits (memory, CPU and wall-clock time per file;
+device/isolate.py). Every input that cannot be classified gets one line saying why, and the others still run.
+Records are whole lines, flushed one by one; file names are escaped in plain output, CSV cells cannot be formulas,
+and JSON carries the exact bytes of a name that is not UTF-8 (`path_bytes_b64`). Output never fails on a terminal
+that cannot show a character: it is escaped.
 
 Every answer says whether the scan looks like the model's training images (`in_distribution`, from the model's
 own features; see device/ood.py); with --reject-ood a scan that does not is answered "uncertain".
@@ -27,20 +29,22 @@ import math
 import os
 import stat
 import sys
-import tempfile
 import time
 import traceback
 import unicodedata
 import warnings
 from pathlib import Path
 
-from device.metadata import ModelError
-from device.metrics import ranked
-from device.preprocess import ImageError, file_kind, is_dicom_file, is_image_path
-from device.runtime import RUNTIMES
+# Only the standard library at import: numpy, Pillow and the interpreter load inside main(), so a Ctrl-C while
+# they load ends the run quietly (run() catches it) instead of printing a traceback.
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
-IMAGE_KINDS = ".jpg/.jpeg/.png/.bmp/.tif/.gif/.webp/.dcm or DICOM"
+IMAGE_KINDS = ".jpg/.jpeg/.png/.dcm or DICOM"
+RUNTIME_NAMES = ("tflite-runtime", "litert")   # device.runtime.RUNTIMES' keys (a test keeps them equal)
+
+
+class OutputError(Exception):
+    """The results cannot be written (a full disk, a closed stdout): the run stops with one line."""
 
 
 def shown(path) -> str:
@@ -53,9 +57,10 @@ def shown(path) -> str:
 
 
 def csv_cell(text: str) -> str:
-    """A cell a spreadsheet shows as text: a leading = + - @ (or tab, carriage return) would make it a formula,
-    so such a cell gets a leading apostrophe (the OWASP rule)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    """A cell a spreadsheet shows as text: a leading = + - @ (or tab, carriage return), also after spaces or as
+    its full-width form (＝), would make it a formula, so such a cell gets a leading apostrophe (the OWASP rule)."""
+    first = unicodedata.normalize("NFKC", text).lstrip(" ")[:1]
+    return "'" + text if first in ("=", "+", "-", "@") or text[:1] in ("\t", "\r") else text
 
 
 def json_path(path) -> dict:
@@ -71,8 +76,13 @@ def json_path(path) -> dict:
 def emit(line: str, stream=None) -> None:
     """One whole line, written and flushed at once: a record finished before a SIGTERM is never lost or cut."""
     stream = stream or sys.stdout
-    stream.write(line + "\n")
-    stream.flush()
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: the stream was closed under us
+        raise OutputError(getattr(e, "strerror", None) or str(e)) from None
 
 
 def _stat(p: Path):
@@ -105,15 +115,37 @@ class Skipped:
                 f"({', '.join(self.examples)}{more})")
 
 
+def _dicom_or_problem(p: Path):
+    """(is a DICOM file, problem): an extensionless file that cannot be opened is a problem, not 'not DICOM'."""
+    from device.preprocess import DICOM_MAGIC_OFFSET
+    try:
+        with open(p, "rb") as fh:
+            fh.seek(DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM", None
+    except PermissionError:
+        return False, "permission denied"
+    except OSError as e:
+        return False, f"cannot be read ({e.strerror or e})"
+
+
 def _walk(top: Path, top_id, skipped: Skipped):
     """Yield (path, problem-or-None) for every candidate file under top, and a problem for every folder or entry
-    that cannot be read. Iterative (a stack, no recursion), so no folder depth ends the batch. A link to a folder
-    is followed, unless it leads back into the folders it lies in (a loop). Files with a picture extension are
-    candidates; any other file is one if it is a DICOM file (PACS exports are named by UID, dots and all)."""
+    that cannot be read. Iterative (a stack, no recursion), so no folder depth ends the batch. Memory grows with
+    the folders waiting on the stack, never with depth times width: the folders on the current path are one set,
+    updated as the walk enters and leaves them. Every folder is searched once, however many links lead to it (two
+    links per level to the next would otherwise give 2^levels copies); a link back into the current path is a
+    loop and says so. Files with a picture extension are candidates; any other file is one if it is a DICOM file
+    (PACS exports are named by UID, dots and all)."""
+    from device.preprocess import file_kind, is_image_path
+
     found = readable = False
-    stack = [(top, frozenset({top_id}))]
+    on_path, seen = set(), {top_id}
+    stack = [(top, top_id)]
     while stack:
-        folder, ancestors = stack.pop()
+        folder, fid = stack.pop()
+        if folder is None:       # leaving a folder: it is no longer on the current path
+            on_path.discard(fid)
+            continue
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except PermissionError:
@@ -123,6 +155,8 @@ def _walk(top: Path, top_id, skipped: Skipped):
             yield folder, f"folder cannot be read ({e.strerror or e})"
             continue
         readable = True
+        on_path.add(fid)
+        stack.append((None, fid))
         subfolders = []
         for e in entries:
             p = Path(e.path)
@@ -131,18 +165,29 @@ def _walk(top: Path, top_id, skipped: Skipped):
                 yield p, problem
                 continue
             if stat.S_ISDIR(st.st_mode):
-                if (st.st_dev, st.st_ino) in ancestors:
+                key = (st.st_dev, st.st_ino)
+                if key in on_path:
                     yield p, "symbolic link loop (leads back to a folder being searched)"
-                else:
-                    subfolders.append((p, ancestors | {(st.st_dev, st.st_ino)}))
+                elif key not in seen:  # a folder reached again through another link: already searched
+                    seen.add(key)
+                    subfolders.append((p, key))
             elif stat.S_ISREG(st.st_mode):
-                if is_image_path(e.name) or is_dicom_file(p):
+                if is_image_path(e.name):
+                    found = True
+                    yield p, None
+                    continue
+                dicom, problem = _dicom_or_problem(p)
+                if problem:
+                    yield p, problem
+                elif dicom:
                     found = True
                     yield p, None
                 else:
                     skipped.add(p)
             elif is_image_path(e.name):
                 yield p, f"{file_kind(st.st_mode)}, not an image file"
+            else:  # a FIFO, socket or device without an image's name: counted, never opened
+                skipped.add(p)
         stack.extend(reversed(subfolders))  # depth first, in name order
     if readable and not found:
         yield top, f"folder contains no images ({IMAGE_KINDS})"
@@ -151,8 +196,13 @@ def _walk(top: Path, top_id, skipped: Skipped):
 def expand(paths, skipped: Skipped | None = None):
     """Yield (path, problem-or-None): files as given, folders recursively, and a line for every problem; files
     in folders that are neither pictures nor DICOM are counted in `skipped`."""
+    from device.preprocess import file_kind
+
     skipped = skipped if skipped is not None else Skipped()
     for raw in paths:
+        if not os.fspath(raw):  # Path("") is ".": an empty argument must not search the current folder
+            yield Path(), "empty path (give a file or a folder)"
+            continue
         p = Path(raw)
         st, problem = _stat(p)
         if problem:
@@ -166,42 +216,12 @@ def expand(paths, skipped: Skipped | None = None):
             yield p, f"{file_kind(st.st_mode)}, not an image file"
 
 
-class StderrCapture:
-    """What C libraries (libtiff's "ZIPDecode: Decoding error", libjpeg's warnings) write straight to file
-    descriptor 2 while one file decodes, kept to fold into that file's one line. One temporary file, reused."""
-
-    def __init__(self, enabled: bool):
-        try:
-            self.fd = sys.stderr.fileno() if enabled else None
-        except (AttributeError, OSError, ValueError):
-            self.fd = None
-        self.tmp = tempfile.TemporaryFile() if self.fd is not None else None
-        self.text = ""
-
-    @contextlib.contextmanager
-    def __call__(self):
-        self.text = ""
-        if self.fd is None:
-            yield
-            return
-        sys.stderr.flush()
-        self.tmp.seek(0)
-        self.tmp.truncate()
-        saved = os.dup(self.fd)
-        os.dup2(self.tmp.fileno(), self.fd)
-        try:
-            yield
-        finally:
-            os.dup2(saved, self.fd)
-            os.close(saved)
-            self.tmp.seek(0)
-            self.text = " ".join(self.tmp.read(2000).decode("utf-8", "replace").split())[:200]
-
-
 def csv_line(cells) -> str:
+    """One CSV record; the csv module quotes any cell holding a separator, a quote or a line break (it only quotes
+    the line-break characters of its terminator, hence the terminator stripped afterwards)."""
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(cells)
-    return buf.getvalue()
+    csv.writer(buf, lineterminator="\r\n").writerow(cells)
+    return buf.getvalue()[:-2]
 
 
 class UsageError(Exception):
@@ -222,7 +242,7 @@ def build_parser():
     fmt.add_argument("--json", action="store_true", help="one JSON object per line")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads, >= 1 (default: runtime's choice)")
-    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES])
+    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIME_NAMES])
     p.add_argument("--min-confidence", type=float, default=0.0,
                    help="below this top probability the answer is 'uncertain' (0..1)")
     p.add_argument("--reject-ood", action="store_true",
@@ -231,8 +251,23 @@ def build_parser():
     return p
 
 
+def _safe_streams() -> bool:
+    """Output that any terminal encoding can take (a name like a_M\u00fcller.jpg on an ASCII locale is escaped,
+    not a UnicodeEncodeError); False when stdout is closed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+    return sys.stdout is not None and not getattr(sys.stdout, "closed", False)
+
+
 def main(argv=None) -> int:
-    from device.runtime import ClassifierOptions  # light: no interpreter is imported yet, RUNTIMES
+    if not _safe_streams():
+        if sys.stderr is not None:
+            print("error: standard output is closed: nowhere to write the results", file=sys.stderr)
+        return EXIT_USAGE
+    from device.runtime import ClassifierOptions
 
     try:
         a = build_parser().parse_args(argv)
@@ -247,6 +282,15 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore")
     try:
         return classify_all(a, options)
+    except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_SOME_FAILED
+    except OutputError as e:
+        print(f"error: cannot write the results ({e})", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as e:  # a bug, not bad input: say so distinctly
         print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               f"(exit 3; re-run with --verbose for the traceback)", file=sys.stderr)
@@ -256,28 +300,35 @@ def main(argv=None) -> int:
 
 
 def classify_all(a, options) -> int:
+    from device.metadata import ModelError
+    from device.metrics import ranked
+    from device.preprocess import ImageError
     from device.runtime import Classifier
 
     try:
         clf = Classifier(a.model, options, quiet=not a.verbose)
     except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(str(e))}", file=sys.stderr)
         return EXIT_USAGE
+    with clf:
+        return _classify_each(a, options, clf, ranked, ImageError)
+
+
+def _classify_each(a, options, clf, ranked, ImageError) -> int:
     for note in clf.notes:
         print(f"note: {note}", file=sys.stderr)
     if a.csv:
         emit(csv_line(["path", "label", "probability", *clf.labels, "in_distribution", "ood_score", "latency_ms",
                        "note", "error"]))
     n_ok = n_bad = attempted = crashed = 0
-    skipped, capture = Skipped(), StderrCapture(enabled=not a.verbose)
+    skipped = Skipped()
     for path, problem in expand(a.paths, skipped):
         t0 = time.perf_counter()
         notes = []
         attempted += problem is None
         if problem is None:
             try:
-                with capture():
-                    result = clf.assess(path)
+                result = clf.assess(path)
             except ImageError as e:
                 problem = str(e)
             except MemoryError:
@@ -287,11 +338,6 @@ def classify_all(a, options) -> int:
                 problem = f"internal error: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
                 if a.verbose:
                     traceback.print_exc()
-            if capture.text:  # the decoder's own words belong to this file's line
-                if problem is not None:
-                    problem = f"{problem} (decoder: {capture.text})"
-                else:
-                    notes.append(f"decoder: {capture.text}")
         ms = (time.perf_counter() - t0) * 1000
         if problem is not None:
             n_bad += 1
@@ -299,7 +345,7 @@ def classify_all(a, options) -> int:
                 emit(json.dumps(json_path(path) | {"error": problem}))
             elif a.csv:
                 emit(csv_line([csv_cell(shown(path)), "", "", *[""] * len(clf.labels), "", "", "", "",
-                               csv_cell(problem)]))
+                               csv_cell(shown(problem))]))
             else:
                 emit(f"{shown(path)}: error: {shown(problem)}", sys.stderr)
             continue
@@ -319,7 +365,7 @@ def classify_all(a, options) -> int:
         elif a.csv:
             emit(csv_line([csv_cell(shown(path)), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs],
                            "" if known is None else str(known).lower(), "" if score is None else f"{score:.3f}",
-                           f"{ms:.2f}", csv_cell("; ".join(notes)), ""]))
+                           f"{ms:.2f}", csv_cell(shown("; ".join(notes))), ""]))
         else:
             if known is False:
                 notes.insert(0, f"unlike the training images (OOD score {score:.2f} > 1)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import unicodedata
 from pathlib import Path
 
 from device.preprocess import CONTRACT_VERSION, CONTRACTS
@@ -18,6 +19,18 @@ FORMAT = "mri-edge-model/1"
 
 class ModelError(RuntimeError):
     """A model that must not be run; the message says why."""
+
+
+MAX_LABEL = 64
+
+
+def label_ok(label) -> bool:
+    """A class name that cannot forge output: 1 to MAX_LABEL characters, starting with a letter or digit, made of
+    letters, digits, spaces and _ - . ( ) / only (no control, format or bidi characters, no formula start)."""
+    return (isinstance(label, str) and 0 < len(label) <= MAX_LABEL and label[0].isalnum() and label == label.strip()
+            and all(c.isalnum() or c in " _-.()/" for c in label)
+            and all(unicodedata.category(c)[0] in "LNZP" and unicodedata.category(c) not in ("Zl", "Zp")
+                    for c in label))
 
 
 # The shipped sidecar is ~200 KB (the OOD statistics); anything far larger is not one, and would cost memory.
@@ -72,9 +85,10 @@ def validate(meta, side) -> None:
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         raise _fail(side, "sha256", "64 lower-case hex digits", sha)
     labels = meta["labels"]
-    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)
+    if not (isinstance(labels, list) and 2 <= len(labels) <= 1000 and all(label_ok(x) for x in labels)
             and len(set(labels)) == len(labels)):
-        raise _fail(side, "labels", "a list of at least 2 distinct non-empty names", labels)
+        raise _fail(side, "labels", f"a list of at least 2 distinct names (letters, digits, spaces, _-.()/; at "
+                                    f"most {MAX_LABEL} characters, starting with a letter or digit)", labels)
     for part in ("input", "output", "preprocess"):
         if not isinstance(meta[part], dict):
             raise _fail(side, part, "an object", meta[part])
@@ -107,9 +121,10 @@ def validate(meta, side) -> None:
 def read_metadata(model_path) -> dict:
     """Load and validate the sidecar of `model_path`; raise ModelError with a clear reason."""
     model_path = Path(model_path)
-    side = sidecar_path(model_path)
     if not model_path.is_file():
-        raise ModelError(f"model file not found: {model_path}")
+        what = "is a folder, not a model file" if model_path.is_dir() else "model file not found"
+        raise ModelError(f"{what}: {model_path}")
+    side = sidecar_path(model_path)
     if not side.is_file():
         raise ModelError(f"metadata not found: {side} (every model ships with a JSON sidecar)")
     try:
@@ -122,6 +137,11 @@ def read_metadata(model_path) -> dict:
     except (OSError, ValueError) as e:
         raise ModelError(f"metadata {side} is not valid JSON ({(str(e).splitlines() or [''])[0][:200]})") from None
     validate(meta, side)
+    size = meta.get("size_bytes")
+    if type(size) is int and size != model_path.stat().st_size:  # before hashing: a 4 GB file is refused at once
+        raise ModelError(f"model {model_path.name} does not match its metadata ({model_path.stat().st_size:,} bytes, not "
+                         f"{size:,}): the file was changed or corrupted; copy the .tflite and its .json again, as a "
+                         f"pair, from the same release")
     actual = sha256_file(model_path)
     if actual != meta["sha256"]:
         raise ModelError(

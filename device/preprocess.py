@@ -31,9 +31,12 @@ from PIL import Image, ImageFilter, UnidentifiedImageError
 
 CONTRACT_VERSION = 2          # what training writes now
 CONTRACTS = (1, 2)            # what the device can still apply (a v1 model keeps working)
-PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Picture formats this device no longer reads (each decoder had a worst case of its own: TIFF tile and strip tables,
+# BMP run lengths): such a file gets one line asking for PNG, not "not an image".
+REFUSED_EXTENSIONS = {".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF", ".webp": "WebP"}
 DICOM_EXTENSIONS = (".dcm", ".dicom")
-IMAGE_EXTENSIONS = PICTURE_EXTENSIONS + DICOM_EXTENSIONS
+IMAGE_EXTENSIONS = PICTURE_EXTENSIONS + DICOM_EXTENSIONS + tuple(REFUSED_EXTENSIONS)
 # Fixed filter: the resampling filter changes pixels, so it is part of the contract.
 RESAMPLE = Image.Resampling.BILINEAR
 # A scan is at most a few thousand pixels across; anything larger is refused
@@ -55,14 +58,12 @@ HEAD_FLOOR = 8
 MIN_HEAD = 0.01
 HEAD_MARGIN = 0.03            # of the box's longer side, on every side
 DICOM_MAGIC_OFFSET = 128
-# The decoders a scan can arrive in (Pillow's names); any other format is "not an image".
-PICTURE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")  # JPEG opens MPO files too
+# The decoders a scan can arrive in (Pillow's names); any other format is "not an image". Every file given by path
+# on the board is decoded inside OS limits (device/isolate.py); the checks here keep ordinary cases cheap.
+PICTURE_FORMATS = ("JPEG", "PNG")  # JPEG opens MPO files too
 MAX_JPEG_SCANS = 64
 MAX_JPEG_BYTES = 128 << 20
 MAX_JPEG_COEFFICIENT_BYTES = 160 << 20   # a 6320^2 grey progressive JPEG needs 80 MB; 4:4:4 colour, 240 MB
-# Formats decoded whole, with no reduced-scale decode (Pillow's WebP): the decoder's buffers cost about 16 bytes a
-# pixel, so the pixel limit for them is lower.
-WHOLE_DECODE_MAX_PIXELS = {"WEBP": 12_000_000}
 # Large JPEGs are decoded at a DCT-reduced scale to at most this side (1/2, 1/4 or 1/8 of the original).
 DRAFT_SIDE = 2048
 # EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose does)
@@ -158,7 +159,9 @@ def _jpeg_check(fh) -> None:
                 break
             continue
         marker = data[i + 1]
-        if marker in (0xFF, 0x00) or 0xD0 <= marker <= 0xD7:  # fill byte, stuffed zero, restart marker
+        if marker in (0xFF, 0x00) or 0xD0 <= marker <= 0xD8 or marker == 0x01:
+            # fill byte, stuffed zero; RSTn, SOI and TEM stand alone (no length): counted as segments with a
+            # length, a TEM would let thousands of scans slip past the count
             i += 1 if marker == 0xFF else 2
             continue
         if marker == 0xD9:  # end of image
@@ -201,10 +204,6 @@ def _decode_picture(path) -> Image.Image:
         _check_size(*img.size)
         if img.format in ("JPEG", "MPO"):
             _jpeg_check(fh)
-        limit = WHOLE_DECODE_MAX_PIXELS.get(img.format)
-        if limit and img.width * img.height > limit:
-            raise ImageError(f"{img.format} image of {img.width}x{img.height} is too large for this device to decode "
-                             f"({img.format} decodes whole; limit {limit:,} pixels): convert it to PNG or JPEG")
         img.seek(0)
         w, h = img.size
         if img.format in ("JPEG", "MPO") and max(w, h) > ORDINARY_SIDE:
@@ -243,33 +242,60 @@ def _first(value) -> float:
     return float(value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value)
 
 
+def _colour_to_gray(arr: np.ndarray) -> Image.Image:
+    """A colour DICOM (RGB samples) as 8-bit grey: 8-bit samples as Pillow converts a colour picture; wider ones
+    (16-bit colour) as luminance stretched over their used range, never wrapped modulo 256."""
+    rgb = arr[..., :3]
+    if rgb.dtype == np.uint8:
+        return _to_grayscale(Image.fromarray(np.ascontiguousarray(rgb), "RGB"))
+    step = max(1, BAND_PIXELS // max(arr.shape[1], 1))
+    lum = np.empty(arr.shape[:2], np.float32)
+    for top in range(0, arr.shape[0], step):
+        band = rgb[top:top + step].astype(np.float32)
+        lum[top:top + step] = band[..., 0] * 0.299 + band[..., 1] * 0.587 + band[..., 2] * 0.114
+    lo, hi = float(lum.min()), float(lum.max())
+    gray = np.zeros(lum.shape, np.uint8)
+    if hi > lo:
+        for top in range(0, arr.shape[0], step):
+            gray[top:top + step] = np.round((lum[top:top + step] - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return Image.fromarray(gray, mode="L")
+
+
 def _dicom_pixels(path) -> tuple[Image.Image, list[str]]:
     import pydicom
-    from pydicom.filereader import read_file_meta_info
+    from pydicom.filereader import _read_file_meta_info, read_preamble
     from pydicom.pixels import pixel_array
 
-    # The file meta group is read alone first: pydicom inflates a deflated data set whole before any size check,
-    # so 1 MB on disk can become gigabytes. Such files are refused before that.
-    syntax = str(getattr(read_file_meta_info(path), "TransferSyntaxUID", "") or "")
-    if syntax == DEFLATED_DICOM:
-        raise ImageError("deflated DICOM (Deflated Explicit VR Little Endian) is not supported: it cannot be "
-                         "inflated within this device's memory bounds; export it uncompressed (e.g. gdcmconv --raw)")
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and syntax.is_compressed:
-        raise ImageError(f"compressed DICOM ({syntax.name}) needs a codec this package does not ship; "
-                         f"export it uncompressed (e.g. dcmdjpeg / gdcmconv --raw)")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows < 1 or cols < 1:
-        raise ImageError("DICOM file without an image (no rows / columns)")
-    _check_size(cols, rows)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames < 1 or frames * rows * cols > 4 * MAX_PIXELS:
-        raise ImageError(f"DICOM with {frames} frames of {cols}x{rows} is beyond this device's limits")
-    index = frames // 2
-    arr = pixel_array(path, index=index if frames > 1 else None)
+    # One open file for every read: a file swapped on disk between the size check and the pixel read cannot
+    # get a bigger image past the check (and what is decoded is checked against what was checked).
+    with open(path, "rb") as fh:
+        # The file meta group is read alone first: pydicom inflates a deflated data set whole before any size
+        # check, so 1 MB on disk can become gigabytes. Such files are refused before that.
+        read_preamble(fh, False)
+        syntax = str(getattr(_read_file_meta_info(fh), "TransferSyntaxUID", "") or "")
+        if syntax == DEFLATED_DICOM:
+            raise ImageError("deflated DICOM (Deflated Explicit VR Little Endian) is not supported: it cannot be "
+                             "inflated within this device's memory bounds; export it uncompressed (e.g. gdcmconv --raw)")
+        fh.seek(0)
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and syntax.is_compressed:
+            raise ImageError(f"compressed DICOM ({syntax.name}) needs a codec this package does not ship; "
+                             f"export it uncompressed (e.g. dcmdjpeg / gdcmconv --raw)")
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        if rows < 1 or cols < 1:
+            raise ImageError("DICOM file without an image (no rows / columns)")
+        _check_size(cols, rows)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames < 1 or frames * rows * cols > 4 * MAX_PIXELS:
+            raise ImageError(f"DICOM with {frames} frames of {cols}x{rows} is beyond this device's limits")
+        index = frames // 2
+        fh.seek(0)
+        arr = pixel_array(fh, index=index if frames > 1 else None)
+    if arr.shape[:2] != (rows, cols):
+        raise ImageError(f"DICOM pixel data of shape {arr.shape} does not match its header ({rows}x{cols})")
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour secondary capture
-        return _to_grayscale(Image.fromarray(arr[..., :3].astype(np.uint8), "RGB")), _frame_notes(frames, index)
+        return _colour_to_gray(arr), _frame_notes(frames, index)
     if arr.ndim != 2:
         raise ImageError(f"DICOM pixel data of shape {arr.shape} is not a 2-D slice")
     slope, intercept = _first(ds.get("RescaleSlope", 1) or 1), _first(ds.get("RescaleIntercept", 0) or 0)
@@ -408,6 +434,9 @@ def decode_scan(path) -> tuple[Image.Image, list[str]]:
         if not stat.S_ISREG(st.st_mode):  # never open() a FIFO or a device: it can block forever
             raise ImageError(f"{file_kind(st.st_mode)}, not an image file")
         name = str(path).lower()
+        refused = next((f for ext, f in REFUSED_EXTENSIONS.items() if name.endswith(ext)), None)
+        if refused:
+            raise ImageError(f"{refused} files are not read on this device (JPEG, PNG and DICOM are): convert it to PNG")
         # A picture's own extension decides without a second open; other names are sniffed for the DICM preamble.
         if name.endswith(DICOM_EXTENSIONS) or (not name.endswith(PICTURE_EXTENSIONS) and is_dicom_file(path)):
             img, notes = _decode_dicom(path)

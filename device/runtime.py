@@ -13,8 +13,11 @@ tflite-runtime first (Pi OS Bookworm, 32-bit Pi OS), LiteRT (`ai-edge-litert`) w
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from device import flatbuffer
 from device.metadata import ModelError, read_metadata
 from device.metrics import ranked
 from device.ood import Scorer
+from device.isolate import DECODE_CPU_SECONDS, DECODE_MEMORY_MB, DecodeWorker
 from device.preprocess import MAX_PIXELS, ImageError, load_scan, to_model_input
 
 RUNTIMES = {
@@ -35,6 +39,7 @@ RUNTIMES = {
 }
 PACKAGE_MODEL = Path(__file__).resolve().parent / "models" / "student_int8.tflite"
 MAX_THREADS = 256  # interpreters take a C int; no board has more cores than this
+PROBE_SECONDS = 60  # the throwaway inference of a model under tflite-runtime (a Pi Zero runs the teacher in ~1 s)
 
 
 class RuntimeMissing(ModelError):
@@ -48,18 +53,37 @@ class ClassifierOptions:
     top_k: int = 1                  # predictions returned by classify()
     min_confidence: float = 0.0     # below this probability a class is not returned (none at all: "uncertain")
     reject_ood: bool = False        # a scan unlike the training images is answered "uncertain" (needs OOD stats)
+    # Files given by path are decoded in a worker process under OS limits (device/isolate.py): memory above the
+    # worker's own, CPU seconds and wall-clock seconds per file. isolate=False decodes in this process (trusted
+    # files only: no limit holds then but the per-format checks).
+    isolate: bool = True
+    decode_memory_mb: int = DECODE_MEMORY_MB
+    decode_seconds: float = DECODE_CPU_SECONDS
 
     def validate(self) -> None:
+        def integer(v):  # numpy integers too, never bools
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
         if self.runtime not in ("auto", *RUNTIMES):
             raise ValueError(f"runtime must be auto, {' or '.join(RUNTIMES)} (got {self.runtime!r})")
-        if self.threads is not None and (type(self.threads) is not int or not 1 <= self.threads <= MAX_THREADS):
+        if self.threads is not None and (not integer(self.threads) or not 1 <= self.threads <= MAX_THREADS):
             raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} (got {self.threads!r})")
-        if type(self.top_k) is not int or self.top_k < 1:
+        if not integer(self.top_k) or self.top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1 (got {self.top_k!r})")
-        if type(self.min_confidence) not in (int, float) or not 0.0 <= self.min_confidence <= 1.0:
+        if (not isinstance(self.min_confidence, numbers.Real) or isinstance(self.min_confidence, bool)
+                or not 0.0 <= self.min_confidence <= 1.0):
             raise ValueError(f"min_confidence must be a number between 0 and 1 (got {self.min_confidence!r})")
-        if type(self.reject_ood) is not bool:
-            raise ValueError(f"reject_ood must be True or False (got {self.reject_ood!r})")
+        for name in ("reject_ood", "isolate"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False (got {getattr(self, name)!r})")
+        if not integer(self.decode_memory_mb) or not 32 <= self.decode_memory_mb <= 1 << 20:
+            raise ValueError(f"decode_memory_mb must be an integer from 32 (got {self.decode_memory_mb!r})")
+        if (not isinstance(self.decode_seconds, numbers.Real) or isinstance(self.decode_seconds, bool)
+                or not 0.1 <= self.decode_seconds <= 3600):
+            raise ValueError(f"decode_seconds must be a number from 0.1 to 3600 (got {self.decode_seconds!r})")
+        self.threads = None if self.threads is None else int(self.threads)
+        self.top_k, self.min_confidence = int(self.top_k), float(self.min_confidence)
+        self.reject_ood, self.isolate = bool(self.reject_ood), bool(self.isolate)
 
 
 @dataclass(frozen=True)
@@ -151,18 +175,46 @@ def _probe_in_child(Interpreter, path: Path, threads) -> None:
         except BaseException:
             os._exit(1)  # a Python-level error: the parent's own attempt reports it
         os._exit(0)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + PROBE_SECONDS
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:  # a model that makes the interpreter spin is as broken as one that crashes
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise ModelError(f"{path} does not finish one inference in {PROBE_SECONDS} s: the model file is corrupt")
+        time.sleep(0.01)
     if os.WIFSIGNALED(status):
         raise ModelError(f"{path} crashes the interpreter (signal {os.WTERMSIG(status)}): the model file is corrupt")
 
 
+def _check_quantization(name: str, detail) -> None:
+    """A scale or zero point that is NaN, infinite or not positive turns every answer into NaN: refuse the model."""
+    scale, zp = detail["quantization"]
+    if np.issubdtype(np.dtype(detail["dtype"]), np.integer) and not (
+            math.isfinite(scale) and scale > 0 and math.isfinite(zp)):
+        raise ModelError(f"{name}: tensor '{detail.get('name', '?')}' has an invalid quantisation (scale {scale}, "
+                         f"zero point {zp}): the model file is corrupt or was edited")
+
+
 class Classifier:
-    """A verified model plus one interpreter, created once and reused for every image."""
+    """A verified model plus one interpreter, created once and reused for every image.
+
+    Safe to share between threads: one inference runs at a time (the interpreter's tensors are shared state, so
+    unguarded threads would read each other's answers), and files decode one at a time in the worker. For
+    parallel inference, give each thread its own Classifier."""
 
     def __init__(self, model_path=None, options: ClassifierOptions | None = None, *, quiet: bool = True):
         self.options = options or ClassifierOptions()
         self.options.validate()
+        if isinstance(model_path, bytes):
+            model_path = os.fsdecode(model_path)
+        if model_path is not None and not str(model_path).strip():
+            raise ModelError("--model: empty path")
         self.model_path = Path(model_path) if model_path is not None else PACKAGE_MODEL
+        self._lock = threading.Lock()
+        self._worker = None
         self.meta = read_metadata(self.model_path)
         self.notes: list[str] = []  # what the runtime choice had to say (e.g. a fallback), for the caller to show
         t0 = time.perf_counter()
@@ -187,6 +239,8 @@ class Classifier:
             raise ModelError(f"{self.model_path.name}: model tensors do not match its metadata")
         self._out = probs[0]
         self._feat = feats[0] if feats else None
+        for d in [inp, self._out] + ([self._feat] if self._feat else []):
+            _check_quantization(self.model_path.name, d)
         self.labels = list(self.meta["labels"])
         # The framing the model was trained with: a v1 model keeps its pad-to-square input.
         self.contract = self.meta["preprocess"]["contract_version"]
@@ -281,11 +335,46 @@ class Classifier:
 
     def assess_pixels(self, pixels: np.ndarray, notes=()) -> Assessment:
         """uint8 (size, size) array from device.preprocess -> probabilities and OOD score."""
-        self.interpreter.set_tensor(self._in_index, self._feed(pixels))
-        self.interpreter.invoke()
-        probs = self._output(self._out)
-        score = float(self.ood.score(self._output(self._feat))[0]) if self.ood is not None else None
+        x = self._feed(pixels)
+        with self._lock:  # set, invoke and read as one step: the tensors are the interpreter's, not this thread's
+            self.interpreter.set_tensor(self._in_index, x)
+            self.interpreter.invoke()
+            probs = self._output(self._out)
+            feats = self._output(self._feat) if self.ood is not None else None
+        score = float(self.ood.score(feats)[0]) if feats is not None else None
         return Assessment(probs, score, tuple(notes))
+
+    def decode(self, path) -> tuple[np.ndarray, list[str]]:
+        """A file -> the model's input pixels and notes, in the limited worker (options.isolate) or here."""
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not str(path):
+            raise ImageError("empty path")
+        if not self.options.isolate:
+            return load_scan(path, self.size, self.contract)
+        with self._lock:
+            if self._worker is None:
+                self._worker = DecodeWorker(self.options.decode_memory_mb, self.options.decode_seconds,
+                                            max(2.0 * self.options.decode_seconds, 5.0))
+        pixels, notes, printed = self._worker.decode(path, self.size, self.contract)
+        return pixels, notes + ([f"decoder: {printed}"] if printed else [])
+
+    def close(self) -> None:
+        """Stop the decoding worker (a later file starts it again)."""
+        if self._worker is not None:
+            self._worker.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (size, size) array from device.preprocess -> class probabilities (float32)."""
@@ -294,9 +383,8 @@ class Classifier:
     def assess(self, source) -> Assessment:
         """source: an image or DICOM file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame)
         that goes through the same framing and resize as a file."""
-        if isinstance(source, (str, os.PathLike)):
-            pixels, notes = load_scan(source, self.size, self.contract)
-            return self.assess_pixels(pixels, notes)
+        if isinstance(source, (str, bytes, os.PathLike)):
+            return self.assess_pixels(*self.decode(source))
         a = np.asarray(source)
         if a.ndim != 2 or a.dtype != np.uint8:
             raise ImageError(f"an image array must be 2-D uint8 grayscale (got {a.dtype} {a.shape})")

@@ -75,6 +75,7 @@ def test_usage_and_model_errors_exit_2_without_traceback(model, tmp_path):
     import hashlib
 
     meta["sha256"] = hashlib.sha256(garbage.read_bytes()).hexdigest()
+    meta["size_bytes"] = garbage.stat().st_size
     garbage.with_suffix(".json").write_text(json.dumps(meta))
     tampered = tmp_path / "tampered.tflite"
     tampered.write_bytes(model.read_bytes() + b"\0")

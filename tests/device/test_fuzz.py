@@ -20,9 +20,9 @@ def seeds() -> dict[str, bytes]:
     rng = np.random.default_rng(7)
     scan = rng.integers(0, 255, (48, 40), dtype=np.uint8)
     out = {}
-    for ext, kw in (("jpg", {"quality": 90}), ("png", {}), ("tif", {})):
+    for ext, kw in (("jpg", {"quality": 90}), ("png", {}), ("progressive.jpg", {"quality": 90, "progressive": True})):
         buf = io.BytesIO()
-        Image.fromarray(scan).save(buf, {"jpg": "JPEG", "png": "PNG", "tif": "TIFF"}[ext], **kw)
+        Image.fromarray(scan).save(buf, "PNG" if ext == "png" else "JPEG", **kw)
         out[ext] = buf.getvalue()
     from pydicom.data import get_testdata_file
 
@@ -71,12 +71,14 @@ def test_fuzzed_files_each_get_one_json_record_in_bounded_memory(model, tmp_path
     assert "Traceback" not in p.stderr and p.returncode == 1, p.stderr[-2000:]
     assert sorted(os.path.basename(r["path"]) for r in rows) == sorted(f.name for f in d.iterdir())
     by_name = {os.path.basename(r["path"]): r for r in rows}
-    for ext in ("jpg", "png", "tif", "dcm"):
+    for ext in ("jpg", "png", "progressive.jpg", "dcm"):
         assert "error" not in by_name[f"seed.{ext}"] and by_name[f"seed.{ext}"]["label"] in ("glioma", "meningioma",
                                                                                             "notumor", "pituitary")
     for name, (_, says) in must_fail.items():
         assert says in by_name[name].get("error", ""), (name, by_name[name])
     failed = [r for r in rows if "error" in r]
     assert all(r["error"] and "\n" not in r["error"] for r in failed)
-    # a bit flip in a picture's pixel data still decodes: most mutations must give an answer, not an error
-    assert len(failed) < 0.6 * len(rows), len(failed)
+    # a bit flip in a JPEG's or DICOM's pixel data still decodes: most mutations must give an answer, not an error
+    # (PNG is left out: its chunks carry CRCs, so every mutation is rightly refused)
+    tolerant = [r for r in rows if not r["path"].endswith(".png")]
+    assert sum("error" in r for r in tolerant) < 0.6 * len(tolerant)

@@ -86,10 +86,10 @@ def test_largest_region_is_8_connected_and_picks_the_biggest():
     assert largest_region_box(np.zeros((4, 4), bool)) is None
 
 
-@pytest.mark.parametrize("kind", ["16bit", "rgba", "cmyk", "gif", "tiff"])
+@pytest.mark.parametrize("kind", ["16bit", "rgba", "cmyk", "apng"])
 def test_unusual_but_valid_formats_load(tmp_path, kind):
     s = _scan()
-    f = tmp_path / f"x.{ {'16bit': 'png', 'rgba': 'png', 'cmyk': 'jpg', 'gif': 'gif', 'tiff': 'tif'}[kind]}"
+    f = tmp_path / f"x.{ {'16bit': 'png', 'rgba': 'png', 'cmyk': 'jpg', 'apng': 'png'}[kind]}"
     if kind == "16bit":
         Image.fromarray(s.astype(np.uint16) * 257).save(f)
         assert Image.open(f).mode.startswith("I")
@@ -103,6 +103,21 @@ def test_unusual_but_valid_formats_load(tmp_path, kind):
         assert getattr(Image.open(f), "n_frames", 1) == 2
     a = load_image(f, 32)
     assert a.shape == (32, 32) and a.std() > 10  # the scan, not the blank frame
+
+
+@pytest.mark.parametrize("ext, fmt", [(".tif", "TIFF"), (".gif", "GIF"), (".bmp", "BMP"), (".webp", "WEBP")])
+def test_formats_outside_jpeg_png_dicom_are_refused_with_one_line(tmp_path, ext, fmt):
+    """TIFF's tile and strip tables and BMP's run lengths had worst cases of their own (issue 40): only JPEG, PNG
+    and DICOM are read, and the others are told to convert, not called 'not an image'; a TIFF renamed .png is not
+    decoded either."""
+    f = tmp_path / f"x{ext}"
+    Image.fromarray(_scan()).save(f, fmt)
+    with pytest.raises(ImageError, match="files are not read on this device .* convert it to PNG"):
+        load_image(f, 32)
+    disguised = tmp_path / "tiff_inside.png"
+    Image.fromarray(_scan()).save(disguised, "TIFF")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(disguised, 32)
 
 
 def test_bad_files_raise_one_line_image_errors(tmp_path):
