@@ -27,10 +27,10 @@ import numpy as np
 from PIL import Image
 
 from device import flatbuffer
+from device.isolate import DECODE_CPU_SECONDS, DECODE_MEMORY_MB, DecodeWorker
 from device.metadata import ModelError, read_metadata
 from device.metrics import ranked
 from device.ood import Scorer
-from device.isolate import DECODE_CPU_SECONDS, DECODE_MEMORY_MB, DecodeWorker
 from device.preprocess import MAX_PIXELS, ImageError, load_scan, to_model_input
 
 RUNTIMES = {
