@@ -139,7 +139,7 @@ def _walk(top: Path, top_id, skipped: Skipped):
 
     found = readable = False
     on_path, seen = set(), {top_id}
-    stack = [(top, top_id)]
+    stack = [(os.fspath(top), top_id)]  # plain strings: a Path of a path 1,500 folders deep holds 1,500 parts
     while stack:
         folder, fid = stack.pop()
         if folder is None:       # leaving a folder: it is no longer on the current path
@@ -148,10 +148,10 @@ def _walk(top: Path, top_id, skipped: Skipped):
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except PermissionError:
-            yield folder, "permission denied (folder cannot be read)"
+            yield Path(folder), "permission denied (folder cannot be read)"
             continue
         except OSError as e:
-            yield folder, f"folder cannot be read ({e.strerror or e})"
+            yield Path(folder), f"folder cannot be read ({e.strerror or e})"
             continue
         readable = True
         on_path.add(fid)
@@ -169,7 +169,7 @@ def _walk(top: Path, top_id, skipped: Skipped):
                     yield p, "symbolic link loop (leads back to a folder being searched)"
                 elif key not in seen:  # a folder reached again through another link: already searched
                     seen.add(key)
-                    subfolders.append((p, key))
+                    subfolders.append((e.path, key))
             elif stat.S_ISREG(st.st_mode):
                 if is_image_path(e.name):
                     found = True

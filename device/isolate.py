@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import resource
 import selectors
@@ -131,7 +132,7 @@ def serve(memory_mb: int) -> int:
         req = json.loads(_read_exact(0, _FRAME.unpack(head)[0]) or b"{}")
         used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        cpu = int(used + req["cpu"]) + 1
+        cpu = math.ceil(used + req["cpu"])  # RLIMIT_CPU counts whole seconds
         if hard == resource.RLIM_INFINITY or cpu <= hard:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, hard))
         path = os.fsdecode(base64.b64decode(req["path"]))
