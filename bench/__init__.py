@@ -31,3 +31,11 @@ def write_report(folder: Path, stem: str, result: dict, markdown: str) -> None:
     atomic_write_json(folder / f"{stem}.json", result)
     atomic_write_bytes(folder / f"{stem}.md", markdown.encode())
     print(markdown)
+
+
+def unfinished(run: Path, files=("manifest.json", "split.json")) -> str | None:
+    """The one line for a --run folder a benchmark cannot read (missing, or training never finished), else None."""
+    if not run.is_dir():
+        return f"--run {run}: no such run folder (train one with `make distill`)"
+    missing = [f for f in files if not (run / f).is_file()]
+    return f"--run {run} is not a finished training run (no {', '.join(missing)})" if missing else None

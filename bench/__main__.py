@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import command_line, write_report
+from bench import command_line, unfinished, write_report
 from convert.tflite import VARIANTS
 from device.atomic import atomic_write_bytes
 from device.bench import cpu_name
@@ -79,6 +79,10 @@ def main(argv=None) -> int:
     if a.reference_run:
         todo.insert(0, ("reference_fp32", Path(a.reference_run), "teacher_fp32"))
     todo += [(f"student_int8 ({Path(r).name})", Path(r), "student_int8") for r in a.student_run]
+    for src in dict.fromkeys(src for _, src, _ in todo):
+        if why := unfinished(src):
+            print(f"error: {why}", file=sys.stderr)
+            return 2
     manifests = {src: json.loads((src / "manifest.json").read_text()) for _, src, _ in todo}
     split = json.loads((run / "split.json").read_text())
     for r in a.student_run:  # accuracies side by side mean the same test images

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import command_line, write_report
+from bench import command_line, unfinished, write_report
 from device.bench import labelled
 from device.metadata import ModelError
 from device.metrics import NO_TUMOUR, pct, tumour_calls
@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     run, root = Path(a.run), Path(a.data)
     if not root.is_dir():
         print(f"error: --data {root}: no such folder", file=sys.stderr)
+        return 2
+    if why := unfinished(run, ("split.json",)):
+        print(f"error: {why}", file=sys.stderr)
         return 2
     items = labelled(root)
     split = json.loads((run / "split.json").read_text())

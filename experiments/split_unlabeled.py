@@ -11,6 +11,7 @@ leaves out unlabeled scans that nearly duplicate a validation or test image (tra
 from __future__ import annotations
 
 import argparse
+import sys
 import hashlib
 import random
 from pathlib import Path
@@ -46,7 +47,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     out = Path(a.out)
     if out.exists():
-        raise SystemExit(f"error: {out} exists; choose a new --out")
+        print(f"error: {out} exists; choose a new --out", file=sys.stderr)
+        return 2
+    if not Path(a.data).is_dir():
+        print(f"error: data folder not found: {a.data}", file=sys.stderr)
+        return 2
     n_lab, n_unl = split(a.data, a.labelled, out, a.seed)
     print(f"{n_lab} labelled images in {out / 'labelled'}, {n_unl} unlabeled in {out / 'unlabeled'}")
     return 0
