@@ -11,9 +11,9 @@ leaves out unlabeled scans that nearly duplicate a validation or test image (tra
 from __future__ import annotations
 
 import argparse
-import sys
 import hashlib
 import random
+import sys
 from pathlib import Path
 
 from train.data import scan_folder

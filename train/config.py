@@ -83,9 +83,6 @@ class Config:
     patience: int = 0              # early stopping (best weights restored); 0 = every epoch runs: the last weights
                                    # are kept, except on the view cache, where the best epoch on validation is
     class_balance: bool = True
-    # weight every training image so that class and style group (train/groups.py) are independent: the rare
-    # tumours that look like the no-tumour collection count (teacher and student; docs/research.md, Q19)
-    group_balance: bool = False
     augment: str = "flip"          # none | flip | geo (flip + small rotation / zoom / shift)
     strategy: str = "none"         # none | mirrored (several GPUs)
     # output

@@ -2,15 +2,15 @@
 
 The real training set's classes come from different collections (no tumour: almost all one collection; glioma
 mostly another), so a model can learn "a slice that looks like this is normal" and miss that collection's own
-tumours (docs/research.md, Q19). This module measures that shortcut on the training data alone and gives the
-weights that take it away:
+tumours (docs/research.md, Q19). This module measures that shortcut on the training data alone:
 
 - groups: k-means on a generic ImageNet model's pooled features (EfficientNet-Lite0 as the registry weights ship
   it, never fine-tuned on these labels), fitted on the training split and assigned to every image;
 - `table`: class x group counts; `shortcut_probe`: how well the group alone predicts the class (a classifier that
-  sees no anatomy, only the look);
-- `decorrelation_weights`: per-image weights under which class and group are independent (each group holds the
-  classes in the overall balanced proportions), capped so that a handful of images never dominate.
+  sees no anatomy, only the look).
+
+Weighting the training images so that class and group are independent (--group-balance, teacher and student) was
+measured and did not pay (Q19): the option is gone, its code is in the history (commit bec7677).
 
     python -m train.groups --data ../shared/data/brain-tumor-mri/Training     # the table and the probe
 """
@@ -29,7 +29,6 @@ from device.atomic import atomic_write_bytes
 
 GROUPS = 6          # k-means clusters: enough to split the collections, few enough for cells of tens of images
 FEATURE_SIZE = 128  # the teacher's input side: the features the teacher starts from
-WEIGHT_CAP = 8.0    # no image weighs more than this many times an average image
 
 
 @dataclass
@@ -105,24 +104,6 @@ def table(labels: np.ndarray, group: np.ndarray, n_classes: int, n_groups: int) 
     return t
 
 
-def decorrelation_weights(labels: np.ndarray, group: np.ndarray, n_classes: int, n_groups: int,
-                          cap: float = WEIGHT_CAP) -> np.ndarray:
-    """Per-image weights w = q(c, g) / p(c, g) with q(c, g) = p(g) / C: every group holds every class in equal
-    proportion, so the look alone says nothing about the class (and the classes are balanced, as with
-    --class-balance). Cells are smoothed by one image; weights are capped at `cap` times the mean and renormalised
-    to mean 1. Images without a full label get the mean weight of their group's labelled images' targets: 1."""
-    t = table(labels, group, n_classes, n_groups).astype(np.float64) + 1.0
-    p_c_given_g = t / t.sum(0, keepdims=True)
-    w_cell = 1.0 / (n_classes * p_c_given_g)
-    full = (labels >= 0) & (labels < n_classes)
-    w = np.ones(len(labels), np.float64)
-    w[full] = w_cell[labels[full], group[full]]
-    for _ in range(5):  # cap relative to the mean, renormalise; a few rounds settle it
-        w = np.minimum(w / w[full].mean(), cap)
-    w[~full] = 1.0
-    return (w / w.mean()).astype(np.float32)
-
-
 def shortcut_probe(labels: np.ndarray, group: np.ndarray, fit_idx: np.ndarray, eval_idx: np.ndarray,
                    n_classes: int, n_groups: int) -> dict:
     """A classifier that sees only the look: each group's majority class on fit_idx, scored on eval_idx. Its
@@ -175,8 +156,6 @@ def main(argv=None) -> int:
     for split, r in probe.items():
         print(f"shortcut probe (the group alone), {split}: accuracy {r['accuracy']:.1%}, balanced "
               f"{r['balanced_accuracy']:.1%} (chance {r['chance']:.0%})")
-    w = decorrelation_weights(y[splits.train], g.group[splits.train], n, g.n)
-    print(f"decorrelation weights: min {w.min():.2f}, median {np.median(w):.2f}, max {w.max():.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"table": t.tolist(), "classes": splits.classes, "probe": probe},
                                               indent=1))

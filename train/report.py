@@ -68,18 +68,7 @@ def by_source(s: Splits, split: str, logits) -> dict:
     return out
 
 
-def by_group(labels, pred, group, n_classes: int, n_groups: int) -> dict:
-    """Recall per (class, style group) cell, with its size: the in-house view of the source shortcut."""
-    out = {}
-    for c in range(n_classes):
-        for g in range(n_groups):
-            m = (labels == c) & (group == g)
-            if m.any():
-                out[f"{c}:{g}"] = {"n": int(m.sum()), "recall": float((pred[m] == c).mean())}
-    return out
-
-
-def evaluate(models: dict, splits: Splits, teacher_splits: Splits, groups=None) -> dict:
+def evaluate(models: dict, splits: Splits, teacher_splits: Splits) -> dict:
     """{name: params, MACs, input size, val and test summaries}; the teacher scores its own resolution's pixels.
     The students also get the temperature their device models will carry (train/calibrate.py)."""
     results = {}
@@ -95,10 +84,6 @@ def evaluate(models: dict, splits: Splits, teacher_splits: Splits, groups=None) 
             full = images.labels[idx] < len(s.classes)     # the 4-class figures: fully labelled images
             logits[split], labels[split] = z[full], images.labels[idx][full]
             entry[split] = summarize(labels[split], softmax(logits[split]), s.classes)
-            if groups is not None:
-                g = (groups.group if split == "val" else groups.test_group)[idx][full]
-                entry.setdefault("by_group", {})[split] = by_group(labels[split], logits[split].argmax(1), g,
-                                                                   len(s.classes), groups.n)
         if name != "teacher":
             entry["calibration"] = calibration_report(logits["val"], labels["val"], logits["test"], labels["test"])
         results[name] = entry

@@ -54,18 +54,6 @@ def run(cfg: Config) -> int:
     report.write_split(out, splits, cfg.image_size)
     n_classes = len(splits.classes)
 
-    # ---- style groups (--group-balance): weights under which the look of a slice says nothing about its class
-    groups, image_weights = None, None
-    if cfg.group_balance:
-        from train import groups as style
-        groups = style.style_groups(splits, cfg)
-        y = splits.images.labels
-        image_weights = np.ones(len(y), np.float32)
-        image_weights[splits.train] = style.decorrelation_weights(y[splits.train], groups.group[splits.train],
-                                                                  n_classes, groups.n)
-        print("class x style group, training split:\n" + style.format_table(
-            style.table(y[splits.train], groups.group[splits.train], n_classes, groups.n), splits.classes), flush=True)
-
     # ---- teacher: given (--teacher), or this run's own, at its own resolution
     t0 = time.time()
     if cfg.teacher:
@@ -75,7 +63,7 @@ def run(cfg: Config) -> int:
     else:
         t_splits = splits.at_size(cfg, cfg.teacher_size or cfg.image_size)
         train_teacher = teacher.train_members if cfg.teacher_recipe == "ensemble" else teacher.train_efficientnet
-        teacher_model = train_teacher(cfg, student.train_set(t_splits, cfg, True, image_weights), n_classes, out,
+        teacher_model = train_teacher(cfg, student.train_set(t_splits, cfg, full_labels_only=True), n_classes, out,
                                       strategy, epochs)
         teacher_files = [out / "teacher.keras"]
         fit.save_model(teacher_model, teacher_files[0])
@@ -94,16 +82,12 @@ def run(cfg: Config) -> int:
         _log(f"teacher logits cached for {len(soft)} training images ({seconds['teacher_logits']:.1f}s)")
 
     # ---- students: distilled, then the same student on labels only (the baseline)
-    data = student.train_set(splits, cfg, image_weights=image_weights)
-    view_weights = None
-    if views is not None and image_weights is not None:  # the cache's images: the training split, then unlabeled
-        view_weights = np.ones(len(views[1]), np.float32)
-        view_weights[:len(splits.train)] = image_weights[splits.train]
+    data = student.train_set(splits, cfg)
     models = {"teacher": teacher_model, **student.train_students(cfg, data, n_classes, soft, out, strategy, seconds,
-                                                                 epochs, views, view_weights)}
+                                                                 epochs, views)}
 
     # ---- evaluation and report
-    results = report.evaluate(models, splits, t_splits, groups)
+    results = report.evaluate(models, splits, t_splits)
     if soft is not None:  # how well the soft targets classify the training images (~100% when memorised)
         full = data.y < n_classes
         results["teacher"]["cached_logits"] = {"train_accuracy": float(np.mean(soft[full].argmax(1) == data.y[full]))}

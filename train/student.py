@@ -24,38 +24,31 @@ def class_weights(labels, n) -> np.ndarray:
     return (len(labels) / (len(present) * np.maximum(counts, 1))).astype(np.float32)
 
 
-def train_set(splits, cfg: Config, full_labels_only: bool = False, image_weights=None) -> fit.TrainSet:
-    """A split's training arrays (class-balanced sample weights unless --no-class-balance; image_weights, one per
-    image of splits.images, replace them: --group-balance) and validation arrays.
+def train_set(splits, cfg: Config, full_labels_only: bool = False) -> fit.TrainSet:
+    """A split's training arrays (class-balanced sample weights unless --no-class-balance) and validation arrays.
     full_labels_only: without the weakly labelled tumours (the teacher learns the tumour types from full labels)."""
     imgs, n = splits.images, len(splits.classes)
     train, val = splits.train, splits.val
     if full_labels_only:
         train, val = train[imgs.labels[train] < n], val[imgs.labels[val] < n]
     y = imgs.labels[train]
-    if image_weights is not None:
-        w = image_weights[train].astype(np.float32)
-    else:
-        w = class_weights(y, n)[y] if cfg.class_balance else np.ones(len(y), np.float32)
+    w = class_weights(y, n)[y] if cfg.class_balance else np.ones(len(y), np.float32)
     weak = imgs.weak_sources and not full_labels_only
     return fit.TrainSet(imgs.x[train], y, w, imgs.x[val], imgs.labels[val],
                         imgs.classes.index(NO_TUMOUR) if weak else None)
 
 
 def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, soft_targets, out: Path, strategy,
-                   seconds: dict, epoch_seconds: dict, views=None, view_image_weights=None) -> dict:
+                   seconds: dict, epoch_seconds: dict, views=None) -> dict:
     """{"student": distilled, "baseline": labels only (unless --no-baseline)}. The teacher teaches through the
     view cache (views = (cache, labels of its images); the baseline is the twin on the same views with their
     labels), or through its cached soft targets on the training images."""
     if views is not None:
         cache, view_labels = views
         mixed, known = cache.soft_labels(view_labels, n_classes)
-        # A view weighs what its images weigh (--group-balance), mixed in the view's proportions.
-        vw = (np.ones(len(cache.x), np.float32) if view_image_weights is None else
-              (cache.lam * view_image_weights[cache.a] + (1 - cache.lam) * view_image_weights[cache.b]).astype(np.float32))
-        runs = {"student": dict(teacher=True, view_target=cache.logits, view_mask=vw)}
+        runs = {"student": dict(teacher=True, view_target=cache.logits, view_mask=np.ones(len(cache.x), np.float32))}
         if cfg.baseline:
-            runs["baseline"] = dict(teacher=False, view_target=mixed, view_mask=known.astype(np.float32) * vw)
+            runs["baseline"] = dict(teacher=False, view_target=mixed, view_mask=known.astype(np.float32))
     else:
         runs = {"student": dict(alpha=cfg.alpha, soft_targets=soft_targets)}
         if cfg.baseline:

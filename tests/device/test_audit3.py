@@ -231,7 +231,7 @@ def test_one_classifier_shared_by_8_threads_gives_each_image_its_own_answer(ood_
 
     def work(k):
         try:
-            for rep in range(3):
+            for _ in range(3):
                 for i in range(k, len(images), 2):
                     r = clf.assess(images[i])
                     if not (np.array_equal(r.probabilities, reference[i].probabilities)
