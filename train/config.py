@@ -75,6 +75,7 @@ class Config:
     # Patient distillation (train/views.py): K views per training image, the teacher's logits on each cached once;
     # the student learns from the views (KL at --temperature) and from the images' labels (weight --alpha).
     views: int = 8                 # views per image; 0 = the teacher's flip-averaged logits on the images only
+    view_recipe: str = ""          # overrides of train/views.ViewRecipe, e.g. "area=0.35:1,gamma=0.5:2,mixup=0.3"
     unlabeled: str = ""            # folders of unlabeled scans (any layout, DICOM too): taught by the teacher only
     baseline: bool = True          # also train the same student without a teacher (the KD gain's reference)
     # optimisation
@@ -143,6 +144,14 @@ class Config:
         if self.views and self.kd_loss != "hinton":
             raise ConfigError(f"--kd-loss {self.kd_loss} works on the teacher's logits on the images: add --views 0 "
                               f"(or --preset cached-logits); the view cache distills with KL at --temperature")
+        if self.view_recipe:
+            if not self.views:
+                raise ConfigError("--view-recipe: the recipe shapes the view cache; add --views K")
+            from train.views import ViewRecipe
+            try:
+                ViewRecipe.parse(self.views, self.view_recipe)
+            except ValueError as e:
+                raise ConfigError(f"--view-recipe: {e}") from None
         if self.unlabeled and not self.views:
             raise ConfigError("--unlabeled: unlabeled scans teach through the view cache; add --views K")
         if not 0 < self.student_width <= 4:

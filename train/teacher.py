@@ -184,7 +184,7 @@ def view_cache(cfg: Config, model, splits, teacher_files: list[Path]):
              f"images, {len(u.skipped)} unreadable")
         sources = np.concatenate([sources, u.x[keep]])
         labels = np.concatenate([labels, np.full(int(keep.sum()), -1, np.int32)])
-    recipe = views.ViewRecipe(k=cfg.views)
+    recipe = views.ViewRecipe.parse(cfg.views, cfg.view_recipe)
     key = views.cache_key(views.teacher_digest(teacher_files), recipe, hashlib.sha256(sources.tobytes()).hexdigest(),
                           sizes, cfg.split_seed)
     _log(f"view cache {key}: {recipe.k} views of {len(sources)} images at {sizes[0]} px (student) and {sizes[1]} px "

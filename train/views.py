@@ -51,6 +51,34 @@ class ViewRecipe:
     def key(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def parse(cls, k: int, spec: str) -> "ViewRecipe":
+        """The default recipe with k views and the overrides of `spec`: comma-separated FIELD=VALUE, a range as
+        LOW:HIGH, e.g. "area=0.35:1,gamma=0.5:2,mixup=0.3" (--view-recipe). ValueError names a bad part."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "k"}
+        values = {}
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            name, _, value = part.partition("=")
+            name = name.strip()
+            if name not in fields:
+                raise ValueError(f"'{part}': no view-recipe field '{name}' (fields: {', '.join(fields)})")
+            is_range = isinstance(getattr(cls, name), tuple)
+            try:
+                nums = tuple(float(v) for v in value.split(":"))
+            except ValueError:
+                raise ValueError(f"'{part}': not a number") from None
+            if len(nums) != (2 if is_range else 1) or not all(math.isfinite(v) for v in nums):
+                raise ValueError(f"'{part}': want {name}={'LOW:HIGH' if is_range else 'VALUE'}")
+            if is_range and nums[0] > nums[1]:
+                raise ValueError(f"'{part}': LOW > HIGH")
+            values[name] = nums if is_range else nums[0]
+        r = cls(k=k, **values)
+        if not (0 < r.area[0] <= r.area[1] <= 1 and 0 < r.aspect[0] and 0 < r.gamma[0] and r.contrast[0] > 0
+                and all(0 <= p <= 1 for p in (r.blur, r.noise, r.mixup)) and 0 <= r.rotate <= 180):
+            raise ValueError("ranges out of bounds (area in (0, 1], aspect, gamma and contrast > 0, blur, noise and "
+                             "mixup probabilities in [0, 1], rotate 0 to 180 degrees)")
+        return r
+
 
 def _affine(size_out: int, box: tuple[float, float, float, float], angle: float, flip: bool):
     """PIL AFFINE coefficients mapping output pixels of a size_out square to source pixels: the crop box
