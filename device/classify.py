@@ -246,6 +246,9 @@ def build_parser():
                    help="below this top probability the answer is 'uncertain' (0..1)")
     p.add_argument("--reject-ood", action="store_true",
                    help="answer 'uncertain' for scans unlike the training images (out of distribution)")
+    p.add_argument("--explain", metavar="OUT_DIR",
+                   help="also write where the model looked: one PNG per input in OUT_DIR, an occlusion map of the top "
+                        "class (a fixed 122 interpreter runs an image; about 15 ms on x86)")
     p.add_argument("--verbose", action="store_true", help="show library warnings and, on a crash, the traceback")
     return p
 
@@ -279,6 +282,13 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     if not a.verbose:
         warnings.simplefilter("ignore")
+    if a.explain is not None:
+        try:
+            Path(a.explain).mkdir(parents=True, exist_ok=True)
+        except (OSError, ValueError) as e:
+            print(f"error: --explain {shown(a.explain)}: cannot make the folder ({getattr(e, 'strerror', None) or e})",
+                  file=sys.stderr)
+            return EXIT_USAGE
     try:
         return classify_all(a, options)
     except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly
@@ -318,7 +328,7 @@ def _classify_each(a, options, clf, ranked, ImageError) -> int:
         print(f"note: {note}", file=sys.stderr)
     if a.csv:
         emit(csv_line(["path", "label", "probability", *clf.labels, "in_distribution", "ood_score", "latency_ms",
-                       "note", "error"]))
+                       "note", "error"] + (["explanation"] if a.explain else [])))
     n_ok = n_bad = attempted = crashed = 0
     skipped = Skipped()
     for path, problem in expand(a.paths, skipped):
@@ -344,7 +354,7 @@ def _classify_each(a, options, clf, ranked, ImageError) -> int:
                 emit(json.dumps(json_path(path) | {"error": problem}))
             elif a.csv:
                 emit(csv_line([csv_cell(shown(path)), "", "", *[""] * len(clf.labels), "", "", "", "",
-                               csv_cell(shown(problem))]))
+                               csv_cell(shown(problem))] + ([""] if a.explain else [])))
             else:
                 emit(f"{shown(path)}: error: {shown(problem)}", sys.stderr)
             continue
@@ -356,18 +366,26 @@ def _classify_each(a, options, clf, ranked, ImageError) -> int:
         answer = clf.answer(result)
         label = answer[0].label if answer else "uncertain"
         score = None if result.ood_score is None or not math.isfinite(result.ood_score) else round(result.ood_score, 3)
+        explanation = _explain(clf, path, top, a.explain) if a.explain else None
+        if isinstance(explanation, tuple):  # it could not be written: said in the record, the batch goes on
+            explanation, why = explanation
+            notes.append(why)
         if a.json:
             record = {**json_path(path), "label": label, "probability": round(float(probs[top]), 4),
                       "probabilities": {c: round(float(v), 4) for c, v in zip(clf.labels, probs)},
                       "in_distribution": known, "ood_score": score, "latency_ms": round(ms, 2)}
+            record |= {"explanation": explanation} if a.explain else {}
             emit(json.dumps(record | ({"note": "; ".join(notes)} if notes else {}), allow_nan=False))
         elif a.csv:
             emit(csv_line([csv_cell(shown(path)), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs],
                            "" if known is None else str(known).lower(), "" if score is None else f"{score:.3f}",
-                           f"{ms:.2f}", csv_cell(shown("; ".join(notes))), ""]))
+                           f"{ms:.2f}", csv_cell(shown("; ".join(notes))), ""]
+                          + ([csv_cell(shown(explanation or ""))] if a.explain else [])))
         else:
             if known is False:
                 notes.insert(0, f"unlike the training images (OOD score {score:.2f} > 1)")
+            if explanation:
+                notes.append(f"map: {explanation}")
             top_k = ", ".join(f"{clf.labels[i]} {probs[i]:.1%}" for i in order[: options.top_k])
             note = f"  [{shown('; '.join(notes))}]" if notes else ""
             emit(f"{shown(path)}: {label}  ({top_k})  {ms:.1f} ms{note}")
@@ -382,6 +400,27 @@ def _classify_each(a, options, clf, ranked, ImageError) -> int:
               file=sys.stderr)
         return EXIT_INTERNAL
     return EXIT_SOME_FAILED if n_bad else EXIT_OK
+
+
+def _explain(clf, path, top: int, out_dir):
+    """The occlusion map of the top class as a PNG in out_dir, named after the file plus a hash of its whole path
+    (two scans called 1.dcm in two folders get two maps). Returns the PNG's path, or (None, why) when the map could
+    not be made or written."""
+    import hashlib
+    import re
+
+    from device.atomic import atomic_write_bytes
+    from device.explain import png_bytes
+    from device.preprocess import ImageError
+
+    raw = os.fsencode(path)
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.fsdecode(os.path.basename(raw)))[:60] or "scan"
+    target = Path(out_dir) / f"{stem}-{hashlib.sha1(raw).hexdigest()[:8]}.png"
+    try:
+        atomic_write_bytes(target, png_bytes(clf.explain(path, top)))
+    except (ImageError, OSError) as e:
+        return None, f"no map: {getattr(e, 'strerror', None) or e}"
+    return str(target)
 
 
 def run() -> None:

@@ -383,14 +383,32 @@ class Classifier:
     def assess(self, source) -> Assessment:
         """source: an image or DICOM file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame)
         that goes through the same framing and resize as a file."""
+        return self.assess_pixels(*self.model_input(source))
+
+    def model_input(self, source) -> tuple[np.ndarray, list[str]]:
+        """(the model's input pixels, notes) of a file path or a 2-D uint8 grayscale array of any size."""
         if isinstance(source, (str, bytes, os.PathLike)):
-            return self.assess_pixels(*self.decode(source))
+            return self.decode(source)
         a = np.asarray(source)
         if a.ndim != 2 or a.dtype != np.uint8:
             raise ImageError(f"an image array must be 2-D uint8 grayscale (got {a.dtype} {a.shape})")
         if a.size > MAX_PIXELS:  # before any copy: a strided view of a huge buffer is copied by fromarray
             raise ImageError(f"image too large ({a.shape[1]}x{a.shape[0]} = {a.size:,} pixels > {MAX_PIXELS:,} limit)")
-        return self.assess_pixels(to_model_input(Image.fromarray(a, mode="L"), self.size, self.contract))
+        return to_model_input(Image.fromarray(a, mode="L"), self.size, self.contract), []
+
+    def explain(self, source, target=None):
+        """Where the model looked: an occlusion map (device/explain.py; a fixed device.explain.EVALUATIONS
+        interpreter runs) of `target` (a label, its index, or None for the most probable class) on a file path, a
+        2-D uint8 array of any size -> device.explain.Explanation."""
+        from device.explain import explain
+
+        if isinstance(target, str):
+            if target not in self.labels:
+                raise ValueError(f"target must be one of {self.labels} (got {target!r})")
+            target = self.labels.index(target)
+        elif target is not None and not (isinstance(target, numbers.Integral) and 0 <= target < len(self.labels)):
+            raise ValueError(f"target must be a label or an index below {len(self.labels)} (got {target!r})")
+        return explain(self, self.model_input(source)[0], target)
 
     def probabilities(self, source) -> np.ndarray:
         return self.assess(source).probabilities

@@ -28,7 +28,9 @@ def _smooth_field(rng, n, octaves=3):
     return field / (np.abs(field).max() + 1e-9)
 
 
-def phantom(cls: str, rng: np.random.Generator, size: int = 160) -> np.ndarray:
+def phantom(cls: str, rng: np.random.Generator, size: int = 160, with_mask: bool = False):
+    """One phantom slice (uint8, size x size); with_mask: also the boolean mask of its lesion (all False for no
+    tumour), for tests of where a model looks. The random draws are the same either way."""
     n = size
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
     yy = (yy - n / 2) / (n / 2)
@@ -61,6 +63,7 @@ def phantom(cls: str, rng: np.random.Generator, size: int = 160) -> np.ndarray:
     # brightness alone does not tell tumour classes apart.
     lesion_val = rng.uniform(0.8, 1.1) if rng.random() < 0.8 else rng.uniform(0.0, 0.15)
     inner = 1 - skull_t
+    lesion = np.zeros((n, n), bool)
     if cls == "glioma":
         # Irregular intra-axial mass with an edema halo.
         ang = rng.uniform(0, 2 * np.pi)
@@ -73,6 +76,7 @@ def phantom(cls: str, rng: np.random.Generator, size: int = 160) -> np.ndarray:
         halo = (d + wobble < rng.uniform(1.4, 1.9)) & ~core
         img[halo & brain] = img[halo & brain] * 0.6 + rng.uniform(0.55, 0.75) * 0.4
         img[core & brain] = lesion_val * (1 + 0.25 * texture[core & brain])
+        lesion = core & brain
     elif cls == "meningioma":
         # Round, well-bounded extra-axial mass abutting the inner skull.
         ang = rng.uniform(0, 2 * np.pi)
@@ -81,12 +85,14 @@ def phantom(cls: str, rng: np.random.Generator, size: int = 160) -> np.ndarray:
         mx, my = rad * np.cos(ang) * a, rad * np.sin(ang) * b
         mass = ((u - mx) ** 2 + (v - my) ** 2) < size_m ** 2
         img[mass & (r < 1)] = lesion_val
+        lesion = mass & (r < 1)
     elif cls == "pituitary":
         # Small midline mass low in the skull (sella).
         size_p = rng.uniform(0.09, 0.14)
         px, py = rng.uniform(-0.03, 0.03), rng.uniform(0.45, 0.62) * b
         mass = ((u - px) / (size_p * 1.3)) ** 2 + ((v - py) / size_p) ** 2 < 1
         img[mass] = lesion_val
+        lesion = mass
     else:
         # Distractor in healthy scans: a small bright vessel-like spot anywhere.
         if rng.random() < 0.5:
@@ -96,7 +102,8 @@ def phantom(cls: str, rng: np.random.Generator, size: int = 160) -> np.ndarray:
     img *= 1 + rng.uniform(0.1, 0.35) * _smooth_field(rng, n, 2)
     img = np.clip(img, 0, None) ** rng.uniform(0.8, 1.25) * rng.uniform(0.7, 1.15)
     img += np.abs(rng.normal(0, rng.uniform(0.01, 0.05), (n, n)))
-    return np.clip(img * 255, 0, 255).astype(np.uint8)
+    out = np.clip(img * 255, 0, 255).astype(np.uint8)
+    return (out, lesion) if with_mask else out
 
 
 def write_dataset(out, n_train: int = 200, n_test: int = 100, size: int = 160, seed: int = 0) -> Path:
