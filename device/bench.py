@@ -53,7 +53,15 @@ def bench(model, runtime="auto", threads=1, runs=200, warmup=20) -> dict:
         clf.predict_pixels(img)
         lat[i] = (time.perf_counter() - t) * 1000
     p50, p90, p99 = np.percentile(lat, [50, 90, 99])
-    return {"model": str(model), "runtime": clf.runtime, "threads": threads, "runs": runs,
+    from device.explain import EVALUATIONS, explain
+
+    explain_ms = []
+    for _ in range(max(3, runs // 20)):   # an occlusion map: EVALUATIONS runs of the interpreter
+        t = time.perf_counter()
+        explain(clf, img)
+        explain_ms.append((time.perf_counter() - t) * 1000)
+    return {"explain_p50_ms": round(float(np.median(explain_ms)), 2), "explain_evaluations": EVALUATIONS,
+            "model": str(model), "runtime": clf.runtime, "threads": threads, "runs": runs,
             "load_ms": round(load_s * 1000, 2), "p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
             "p99_ms": round(float(p99), 3), "images_per_s": round(1000.0 / float(lat.mean()), 1),
             "peak_rss_mb": round(peak_rss_mb(), 1), "machine": f"{cpu_name()} ({platform.machine()})",
@@ -129,6 +137,7 @@ def main(argv=None) -> int:
         print(f"model {r['model']}  runtime {r['runtime']}  threads {r['threads']}  on {r['machine']}")
         print(f"load {r['load_ms']:.1f} ms | latency p50 {r['p50_ms']:.2f} ms  p90 {r['p90_ms']:.2f} ms  "
               f"p99 {r['p99_ms']:.2f} ms | {r['images_per_s']:.0f} img/s | peak RSS {r['peak_rss_mb']:.0f} MB")
+        print(f"explanation map (--explain, {r['explain_evaluations']} runs): p50 {r['explain_p50_ms']:.1f} ms")
         if "eval" in r:
             e = r["eval"]
             print(f"test split: {e['n']} images, accuracy {e['accuracy']:.2%}, macro-F1 {e['macro_f1']:.4f}, "

@@ -371,9 +371,7 @@ def _classify_each(a, options, clf, ranked, ImageError) -> int:
             explanation, why = explanation
             notes.append(why)
         if a.json:
-            record = {**json_path(path), "label": label, "probability": round(float(probs[top]), 4),
-                      "probabilities": {c: round(float(v), 4) for c, v in zip(clf.labels, probs)},
-                      "in_distribution": known, "ood_score": score, "latency_ms": round(ms, 2)}
+            record = {**json_path(path), **answer_record(clf, result), "latency_ms": round(ms, 2)}
             record |= {"explanation": explanation} if a.explain else {}
             emit(json.dumps(record | ({"note": "; ".join(notes)} if notes else {}), allow_nan=False))
         elif a.csv:
@@ -400,6 +398,20 @@ def _classify_each(a, options, clf, ranked, ImageError) -> int:
               file=sys.stderr)
         return EXIT_INTERNAL
     return EXIT_SOME_FAILED if n_bad else EXIT_OK
+
+
+def answer_record(clf, result) -> dict:
+    """The answer as --json gives it (and the web page, device/serve.py): label ('uncertain' when the answer rule
+    gives none), its probability, every probability, and the OOD flag and score."""
+    from device.metrics import ranked
+
+    probs = result.probabilities
+    answer = clf.answer(result)
+    score = None if result.ood_score is None or not math.isfinite(result.ood_score) else round(result.ood_score, 3)
+    return {"label": answer[0].label if answer else "uncertain",
+            "probability": round(float(probs[int(ranked(probs)[0])]), 4),
+            "probabilities": {c: round(float(v), 4) for c, v in zip(clf.labels, probs)},
+            "in_distribution": result.in_distribution, "ood_score": score}
 
 
 def _explain(clf, path, top: int, out_dir):

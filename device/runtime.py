@@ -377,8 +377,13 @@ class Classifier:
             pass
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (size, size) array from device.preprocess -> class probabilities (float32)."""
-        return self.assess_pixels(pixels).probabilities
+        """uint8 (size, size) array from device.preprocess -> class probabilities (float32); no OOD score (the
+        explanation maps call this 122 times an image)."""
+        x = self._feed(pixels)
+        with self._lock:
+            self.interpreter.set_tensor(self._in_index, x)
+            self.interpreter.invoke()
+            return self._output(self._out)
 
     def assess(self, source) -> Assessment:
         """source: an image or DICOM file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame)
