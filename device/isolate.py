@@ -158,6 +158,47 @@ def serve(memory_mb: int) -> int:
 
 # ---- the caller's side -----------------------------------------------------------------------------------------
 
+class _Forked:
+    """The worker as a forked child, with the little of subprocess.Popen that DecodeWorker uses."""
+
+    def __init__(self, memory_mb: int):
+        r_in, w_in = os.pipe()
+        r_out, w_out = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: stdin/stdout are the pipes, stderr goes nowhere; never returns
+            code = 1
+            try:
+                os.dup2(r_in, 0)
+                os.dup2(w_out, 1)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                for fd in (r_in, w_in, r_out, w_out, devnull):
+                    os.close(fd)
+                code = serve(memory_mb)
+            finally:
+                os._exit(code)
+        os.close(r_in)
+        os.close(w_out)
+        self.pid, self.returncode = pid, None
+        self.stdin, self.stdout = os.fdopen(w_in, "wb", buffering=0), os.fdopen(r_out, "rb", buffering=0)
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self):
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self):
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+
 class DecodeWorker:
     """One worker process, started on first use and again after it is killed; safe to share between threads
     (one file at a time)."""
@@ -174,9 +215,14 @@ class DecodeWorker:
         root = str(Path(__file__).resolve().parents[1])  # where `device` is importable from
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.pop("PYTHONSTARTUP", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "device.isolate", str(int(self.memory_mb))],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=env, cwd=root, close_fds=True, bufsize=0)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "device.isolate", str(int(self.memory_mb))],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         env=env, cwd=root, close_fds=True, bufsize=0)
+        except OSError:
+            # sys.executable cannot be started (an emulated interpreter under qemu-user, a frozen app): the same
+            # worker, forked from this process instead
+            self.proc = _Forked(self.memory_mb)
         self.starts += 1
         header, _ = self._receive(time.monotonic() + START_SECONDS)
         if header is None or not header.get("ready"):

@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_UPLOAD_MB = 32        # a 512x512 16-bit DICOM is 0.5 MB; a phone photo of a film a few MB

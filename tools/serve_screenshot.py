@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def phantom_png(path: Path, clf) -> Path:
     """The first of a few pituitary phantoms whose map shows something (the shipped model is sure of most)."""
-    from train.phantom import phantom   # numpy + Pillow only
+    from train.phantom import phantom  # numpy + Pillow only
 
     for seed in range(40):
         x = phantom("pituitary", np.random.default_rng([5, seed]), 224)

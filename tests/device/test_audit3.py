@@ -497,3 +497,22 @@ def test_a_decode_past_the_memory_limit_is_one_line_and_the_next_file_decodes(tm
         w.decode(big, 32, 2)
     assert w.decode(_scan(tmp_path / "small.png"), 32, 2)[0].shape == (32, 32)
     w.close()
+
+
+def test_where_the_interpreter_cannot_be_started_again_the_worker_is_forked(tmp_path, monkeypatch):
+    """Under qemu-user (make pi-smoke) sys.executable is an emulated binary the host cannot exec: the same worker is
+    forked instead, with the same limits and the same one-line answers."""
+    from device import isolate
+    from device.preprocess import ImageError
+
+    def no_exec(*a, **k):
+        raise OSError(8, "Exec format error")
+
+    monkeypatch.setattr(isolate.subprocess, "Popen", no_exec)
+    w = isolate.DecodeWorker(memory_mb=256, cpu_seconds=10, wall_seconds=60)
+    assert w.decode(_scan(tmp_path / "a.png"), 32, 2)[0].shape == (32, 32)
+    assert type(w.proc).__name__ == "_Forked"
+    (tmp_path / "b.png").write_bytes(b"no picture")
+    with pytest.raises(ImageError, match="not an image"):
+        w.decode(tmp_path / "b.png", 32, 2)
+    w.close()
