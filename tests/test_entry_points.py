@@ -17,12 +17,14 @@ CASES = {
     "convert.ship": ["--run", MISSING],
     "bench": ["--run", MISSING],
     "bench.external": ["--run", MISSING, "--data", str(ROOT / "tests")],
+    "bench.explain": ["--run", MISSING],
     "bench.groups": ["--data", MISSING, "--models", str(ROOT / "tests/fixtures/tiny_int8.tflite")],
     "experiments.split_unlabeled": ["--data", MISSING, "--out", MISSING + "/out"],
     "experiments.teacher_bn_phase": ["--data", MISSING, "--teacher", MISSING + "/t.keras"],
     "experiments.pooled_gain": ["--bogus-flag"],
     "experiments.ablation": ["--bogus-flag"],
     "device.classify": ["--model", MISSING + "/m.tflite", "x.png"],
+    "device.serve": ["--model", MISSING + "/m.tflite", "--port", "0"],
 }
 
 

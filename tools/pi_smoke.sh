@@ -44,7 +44,7 @@ fi
 # 3. Scans of all four classes (synthetic phantoms: no data needed), and a real int8 model.
 [ -f "$MODEL" ] || { echo "error: no int8 model at $MODEL (make all, or MODEL=...)" >&2; exit 2; }
 [ -d data/synthetic/Testing ] || .venv/bin/python -m train.phantom --out data/synthetic >/dev/null
-IMGS=$(for c in data/synthetic/Testing/*/; do ls "$c"*.jpg | head -2; done)
+IMGS=$(for c in data/synthetic/Testing/*/; do ls "$c"*.jpg | sed -n 1,2p; done)  # sed reads all: no SIGPIPE under pipefail
 
 run_line() {  # suite python runtime x86-python packages...
   local suite=$1 py=$2 runtime=$3 x86=$4; shift 4
@@ -70,6 +70,23 @@ run_line() {  # suite python runtime x86-python packages...
   # shellcheck disable=SC2086
   PYTHONPATH="$site:$PWD" "${pyrun[@]}" -m device.classify --runtime "$runtime" --json --model "$MODEL" $IMGS \
     > "$CACHE/$suite-arm64.jsonl"
+  # The web page (device/serve.py) answers one upload there too, with its explanation map.
+  PYTHONPATH="$site:$PWD" "${pyrun[@]}" - "$MODEL" "$runtime" $IMGS <<'PY'
+import http.client, json, sys, threading
+from device.runtime import Classifier, ClassifierOptions
+from device.serve import Server
+clf = Classifier(sys.argv[1], ClassifierOptions(runtime=sys.argv[2]))
+srv = Server(("127.0.0.1", 0), clf)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+c = http.client.HTTPConnection(*srv.server_address[:2], timeout=900)
+c.request("POST", "/classify", body=open(sys.argv[3], "rb").read())
+r = c.getresponse()
+a = json.loads(r.read())
+assert r.status == 200 and a["explanation_png"], (r.status, a)
+print(f"[pi-smoke] serve: one upload answered {a['label']} {a['probability']:.4f}, map in {a['explain_ms']} ms")
+srv.shutdown()
+clf.close()
+PY
   # shellcheck disable=SC2086
   "$x86" -m device.classify --runtime "$runtime" --json --model "$MODEL" $IMGS > "$CACHE/$suite-x86.jsonl"
   "$x86" - "$CACHE/$suite-arm64.jsonl" "$CACHE/$suite-x86.jsonl" "$suite" <<'PY'
