@@ -28,6 +28,15 @@ ARCHITECTURES = {**{f"teacher_efficientnet_lite{i}": f"EfficientNet-Lite{i}, Ima
                  "student_dwcnn": "a CNN of the student's family"}
 
 
+def data_name(report: dict) -> str:
+    """The training data as the card names it: the Kaggle set when the run read a copy of it, else its folder."""
+    folder = str(report.get("data", ""))
+    if folder.rstrip("/").endswith("brain-tumor-mri/Training"):
+        return ("Kaggle \"Brain Tumor MRI Dataset\" (M. Nickparvar; assembled from figshare, SARTAJ and Br35H), "
+                "`Training/` split only")
+    return f"`{'/'.join(Path(folder).parts[-2:])}` (class-per-folder data given to `python -m train --data`)"
+
+
 def teacher_name(manifest) -> str:
     c, t = manifest["config"], manifest["results"]["teacher"]
     if c.get("teacher"):  # given by path: named by what it is, and the run it came from
@@ -104,13 +113,13 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
         choice_line(res, parity["float_model"]),
         f"- Produced by run `{manifest['run']}` (git `{manifest['git_commit']}`, {manifest['created']}).", "",
         "## Training data",
-        f"- Kaggle \"Brain Tumor MRI Dataset\" (M. Nickparvar; assembled from figshare, SARTAJ and Br35H), "
-        f"`Training/` split only: {d['total']:,} images ({counts}); {len(d['skipped'])} unreadable files skipped.",
+        f"- {data_name(d)}: {d['total']:,} images ({counts}); {len(d['skipped'])} unreadable files skipped.",
         f"- Known duplicates: {ed['redundant_files']} byte-identical redundant copies in {ed['groups']} groups, and "
         f"{d['near_duplicate_pairs']:,} near-duplicate pairs (16x16 thumbnail RMS < {d['near_dup_threshold']}), "
         "mostly re-encoded copies and neighbouring slices of one scan.",
         f"- Split (seed {d['seed']}, stratified): train {sum(d['split']['train'].values()):,}, validation "
-        f"{sum(d['split']['val'].values())} (early stopping), held-out test {test_n}. Evaluation images that "
+        f"{sum(d['split']['val'].values())} (temperature, OOD threshold, best epoch), held-out test {test_n}. "
+        "Evaluation images that "
         f"duplicate or nearly duplicate a training image were removed: {leak['test']['excluded']} of "
         f"{leak['test']['of']} from test, {leak['val']['excluded']} of {leak['val']['of']} from validation.",
         f"- Calibration (int8): {meta.get('calibration', {}).get('count', '?')} training-split images, stratified, "

@@ -63,7 +63,7 @@ class Config:
     label_smoothing: float = 0.0   # teacher training; smoothed teachers distill worse (Mueller et al. 2019)
     # student
     student_width: float = 1.0     # scales every layer's channels (0.25: 16,708 parameters)
-    student_epochs: int = 40       # patient: the view cache shows a new view of every image each epoch
+    student_epochs: int = 40       # patient: each epoch, one of each image's cached views, drawn at random
     student_lr: float = 3e-3
     student_dropout: float = 0.2
     # distillation
