@@ -24,6 +24,7 @@ else
   RUN ?= real
   DATA_FLAGS := --data $(DATA) $(if $(TEST_DATA),--test-data $(TEST_DATA),)
 endif
+# `make OUT=path ...` points every stage at any run folder (tests use a temporary one).
 OUT := artifacts/$(RUN)
 ARGS ?=
 TRAIN_ARGS ?= $(ARGS)

@@ -1,22 +1,8 @@
 """The one-run benchmark (`python -m bench`) and the evaluation on scans from other sources (`bench.external`)."""
-import re
 from pathlib import Path
 
+from convert.portable import ROOT, portable  # noqa: F401 (portable: re-exported for the reports)
 from device.atomic import atomic_write_bytes, atomic_write_json
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def portable(text: str) -> str:
-    """text with every absolute path made portable: relative to the repository when inside it, else its last two
-    parts (a run folder and a file). Reports, cards and sidecars travel; this machine's paths must not."""
-    def short(m):
-        p = Path(m.group(0))
-        try:
-            return str(p.resolve().relative_to(ROOT))
-        except ValueError:
-            return str(Path(*p.parts[-2:])) if len(p.parts) > 2 else p.name
-    return re.sub(r"(?<![\w.~:/])/[^\s`'\",;)]+", short, text)
 
 
 def command_line(module: str, argv) -> str:

@@ -115,39 +115,58 @@ def scatter_png(r, path):
     save_fig(fig, path)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m convert.parity", description=__doc__.splitlines()[0])
-    p.add_argument("--run", default=RUN_DIR)
-    p.add_argument("--model", default="student_int8", help="TFLite variant in the run folder")
-    p.add_argument("--float-model", default="student", help="Keras model it must agree with")
-    p.add_argument("--max-drop", type=float, default=1.0, help="max accuracy drop, points")
-    p.add_argument("--min-agreement", type=float, default=98.0, help="min top-1 agreement, percent")
-    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES])
-    a = p.parse_args(argv)
-    # names with or without their suffix, as users type them
-    a.model, a.float_model = a.model.removesuffix(".tflite"), a.float_model.removesuffix(".keras")
-    try:
-        r = evaluate(a.run, a.model, a.float_model, a.max_drop, a.min_agreement, a.runtime)
-    except (ModelError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    run = Path(a.run)
-    stem = "parity" if a.model == "student_int8" else f"parity_{a.model}"
+def parity_stem(model: str) -> str:
+    """The gate's report files of a variant: parity.* for the student, parity_<variant>.* for any other."""
+    return "parity" if model == "student_int8" else f"parity_{model}"
+
+
+def gate(run: Path, model: str, float_model: str, max_drop: float, min_agreement: float, runtime: str) -> bool:
+    """Gate one int8 variant against its float model; write its report and record the figures in its sidecar."""
+    r = evaluate(run, model, float_model, max_drop, min_agreement, runtime)
+    stem = parity_stem(model)
     scatter_png(r, run / f"{stem}.png")
     md = to_markdown(r)
     atomic_write_bytes(run / f"{stem}.md", md.encode())
     r.pop("_probs")
     atomic_write_json(run / f"{stem}.json", r)
     # Record the figures in the model's sidecar (the hash covers the .tflite bytes only).
-    side = run / f"{a.model}.json"
-    meta = read_metadata(run / f"{a.model}.tflite")
+    side = run / f"{model}.json"
+    meta = read_metadata(run / f"{model}.tflite")
     meta["metrics"]["parity"] = {k: r[k] for k in ("n", "agreement_percent", "accuracy_drop_points", "passed")}
     meta["metrics"]["int8"] = {k: r["int8"][k] for k in ("accuracy", "macro_f1", "ece", "n")}
     if r["reject_ood"]:
         meta["metrics"]["reject_ood"] = r["reject_ood"]
     atomic_write_json(side, meta)
     print(md)
-    return 0 if r["passed"] else 1
+    return bool(r["passed"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m convert.parity", description=__doc__.splitlines()[0])
+    p.add_argument("--run", default=RUN_DIR)
+    p.add_argument("--model", default=None, help="TFLite variant in the run folder (default: student_int8, and "
+                                                 "teacher_int8 too when the run has it)")
+    p.add_argument("--float-model", default=None, help="Keras model it must agree with (default: the variant's "
+                                                       "own, e.g. teacher for teacher_int8)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="max accuracy drop, points")
+    p.add_argument("--min-agreement", type=float, default=98.0, help="min top-1 agreement, percent")
+    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES])
+    a = p.parse_args(argv)
+    run = Path(a.run)
+    # names with or without their suffix, as users type them
+    if a.model:
+        models = [a.model.removesuffix(".tflite")]
+    else:
+        models = ["student_int8"] + (["teacher_int8"] if (run / "teacher_int8.tflite").is_file() else [])
+    passed = True
+    try:
+        for m in models:
+            float_model = (a.float_model or m.split("_")[0]).removesuffix(".keras")
+            passed = gate(run, m, float_model, a.max_drop, a.min_agreement, a.runtime) and passed
+    except (ModelError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from bench import portable
+from convert.parity import parity_stem
+from convert.portable import portable
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metadata import ModelError, read_metadata
 from device.metrics import pct
@@ -197,8 +198,7 @@ def main(argv=None) -> int:
     run, dest = Path(a.run), Path(a.dest)
     try:
         meta = read_metadata(run / f"{a.model}.tflite")
-        stem = "parity" if a.model == "student_int8" else f"parity_{a.model}"
-        parity = json.loads((run / f"{stem}.json").read_text())
+        parity = json.loads((run / f"{parity_stem(a.model)}.json").read_text())
         manifest = json.loads((run / "manifest.json").read_text())
     except (ModelError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -207,10 +207,10 @@ def main(argv=None) -> int:
     try:
         for v in filter(None, a.also.split(",")):
             meta_v = read_metadata(run / f"{v}.tflite")
-            if not (run / f"parity_{v}.json").is_file():
+            if not (run / f"{parity_stem(v)}.json").is_file():
                 raise ModelError(f"{v} has no parity gate result: run python -m convert.parity --run {run} "
-                                 f"--model {v} --float-model {v.split('_')[0]} first")
-            also[v] = (meta_v, json.loads((run / f"parity_{v}.json").read_text()))
+                                 f"--model {v} first")
+            also[v] = (meta_v, json.loads((run / f"{parity_stem(v)}.json").read_text()))
     except ModelError as e:
         print(f"error: --also: {e}", file=sys.stderr)
         return 2

@@ -64,6 +64,8 @@ def run(cfg: Config) -> int:
     if cfg.teacher:
         teacher_model = teacher.load_given(cfg, strategy)
         teacher_files = [Path(p) for p in cfg.teacher_paths]
+        if not (out / "teacher.keras").is_file():  # the run records its teacher: convert makes its variants from it
+            fit.save_model(teacher_model, out / "teacher.keras")
         t_splits = splits.at_size(cfg, int(teacher_model.input_shape[1]))
     else:
         t_splits = splits.at_size(cfg, cfg.teacher_size or cfg.image_size)
