@@ -29,6 +29,12 @@ ARCHITECTURES = {**{f"teacher_efficientnet_lite{i}": f"EfficientNet-Lite{i}, Ima
                  "student_dwcnn": "a CNN of the student's family"}
 
 
+EXPLAIN_NOTE = ("`python -m device.classify scans/ --explain maps/` (or `Classifier.explain`) writes an occlusion map "
+                "per scan, computed with this int8 model: how much hiding each place weakens the answer. "
+                "`python -m bench.explain --run RUN` draws such maps for test images of each class into the run's "
+                "`bench/explanations.png`; the figure is not shipped, since it shows the data set's slices.")
+
+
 def data_name(report: dict) -> str:
     """The training data as the card names it: the Kaggle set when the run read a copy of it, else its folder."""
     folder = str(report.get("data", ""))
@@ -164,6 +170,7 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
               f"training split (Mahalanobis, shared covariance); the threshold keeps {o['keep']:.0%} of the "
               f"validation split. On the held-out test split `--reject-ood` answers {pct(rej.get('answered'))}, "
               f"accuracy on those {pct(rej.get('accuracy_answered'))}."]
+    L += ["", "## Where the model looks", EXPLAIN_NOTE]
     for v, p in (also or {}).items():
         L += ["", f"## Also shipped: `{v}.tflite`",
               f"The run's {'teacher, ' + teacher_name(manifest) if v.startswith('teacher') else v}, in full int8 "
@@ -182,7 +189,10 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
           "- One public data set, collected from three sources with unknown scanners and protocols; on scans from",
           "  elsewhere it is less accurate (see the table of other sources above, when present).",
           "- Grayscale 2-D slices only (axial, coronal, sagittal mixed); no 3-D volumes, no other tumour types.",
-          "  The out-of-distribution flag catches many unfamiliar scans, not all: a confident label is not proof.",
+          "  The out-of-distribution flag catches many unfamiliar scans, not all, and it does not flag likely-wrong",
+          "  answers (docs/research.md, Q21): a confident label is not proof.",
+          "- The no-tumour class comes almost all from one collection: its own tumour scans are often called \"no",
+          "  tumour\" (docs/research.md, Q19), and the flag does not catch those misses.",
           "- Figures come from one run and one seed unless stated; see README for the KD ablation."]
     return "\n".join(x for x in L if x is not None) + "\n"
 

@@ -320,12 +320,16 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+# The flags that decide which images a run reads and how it splits them (train.data and train.groups take these).
+SPLIT_FLAGS = {"data", "test_data", "image_size", "val_fraction", "test_fraction", "near_dup_threshold", "keep_leaks",
+               "cache_dir", "split_seed"}
+
+
 def main(argv=None):
     from train.config import add_flags, from_args
 
     p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.splitlines()[0])
-    add_flags(p, only={"data", "test_data", "image_size", "val_fraction", "test_fraction", "near_dup_threshold",
-                       "keep_leaks", "cache_dir", "split_seed"})
+    add_flags(p, only=SPLIT_FLAGS)
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     args = p.parse_args(argv)
     try:

@@ -130,11 +130,10 @@ def format_table(t: np.ndarray, classes: list[str]) -> str:
 
 def main(argv=None) -> int:
     from train.config import Config, ConfigError, add_flags, from_args
-    from train.data import DataError, prepare
+    from train.data import SPLIT_FLAGS, DataError, prepare
 
     p = argparse.ArgumentParser(prog="python -m train.groups", description=__doc__.splitlines()[0])
-    add_flags(p, only={"data", "test_data", "image_size", "val_fraction", "test_fraction", "cache_dir",
-                       "split_seed", "near_dup_threshold", "keep_leaks"})
+    add_flags(p, only=SPLIT_FLAGS)
     p.add_argument("--json", metavar="FILE", help="also write the table and probe as JSON")
     args = p.parse_args(argv)
     try:
