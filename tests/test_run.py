@@ -265,3 +265,48 @@ def test_mirrored_strategy_over_two_logical_cpus_trains_a_step(tmp_path):
     p = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                        env=env)
     assert "MIRRORED_OK 2" in p.stdout, p.stderr[-2000:]
+
+
+VIEW_STEP = r"""
+import sys, numpy as np, tensorflow as tf
+mirrored = sys.argv[1] == "mirrored"
+if mirrored:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from train import fit
+from train.distill import ViewDistiller
+strategy = fit.make_strategy("mirrored" if mirrored else "none")
+assert strategy.num_replicas_in_sync == (2 if mirrored else 1)
+rng = np.random.default_rng(0)
+views, images = rng.uniform(0, 255, (8, 12, 12, 1)).astype("f4"), rng.uniform(0, 255, (8, 12, 12, 1)).astype("f4")
+target, mask = rng.normal(0, 2, (8, 4)).astype("f4"), np.ones(8, "f4")
+labels, weights = (np.arange(8) % 4).astype("i4"), np.ones(8, "f4")
+ds = tf.data.Dataset.from_tensors(((views, images), (target, mask, labels, weights)))
+with strategy.scope():
+    keras.utils.set_random_seed(1)   # no BatchNorm, no dropout: one device and two must agree exactly
+    student = keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Rescaling(1 / 255.0),
+                                keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)])
+    d = ViewDistiller(student, temperature=2.0, alpha=0.3)
+    d.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=False)
+h = d.fit(ds, epochs=1, verbose=0)
+np.save(sys.argv[2], np.concatenate([w.numpy().ravel() for w in student.weights]))
+print("LOSS", h.history["loss"][0])
+"""
+
+
+@pytest.mark.slow
+def test_the_view_distiller_takes_the_same_step_on_two_devices_as_on_one(tmp_path):
+    """Issue 42: the shipped recipe's distiller summed gradients over replicas (n devices, n times the step)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = {}
+    procs = {m: subprocess.Popen([sys.executable, "-c", VIEW_STEP, m, str(tmp_path / f"{m}.npy")], cwd=tmp_path,
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for m in ("one", "mirrored")}
+    for m, p in procs.items():
+        stdout, stderr = p.communicate(timeout=300)
+        assert "LOSS" in stdout, stderr[-2000:]
+        out[m] = (float(stdout.split("LOSS")[1].split()[0]), np.load(tmp_path / f"{m}.npy"))
+    init_free = out["one"][1] - out["mirrored"][1]
+    assert abs(out["one"][0] - out["mirrored"][0]) < 1e-4, (out["one"][0], out["mirrored"][0])
+    assert np.abs(init_free).max() < 1e-5, np.abs(init_free).max()

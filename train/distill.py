@@ -177,7 +177,11 @@ class ViewDistiller(keras.Model):
             logits = self.student(ops.concatenate([views, images], axis=0), training=True)
             ce = ops.mean(hard_loss(labels, logits[n:], self.no_tumour) * weights)
             loss = self.alpha * ce + (1.0 - self.alpha) * self.view_loss(target, mask, logits[:n])
-        grads = tape.gradient(loss, self.student.trainable_variables)
+            # Each replica sees 1/n of the global batch and the gradients are summed across replicas, as in
+            # Distiller.compute_loss: without this, n devices would take n times the step.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / replicas if replicas > 1 else loss
+        grads = tape.gradient(scaled, self.student.trainable_variables)
         self.optimizer.apply(grads, self.student.trainable_variables)
         self.loss_tracker.update_state(loss)
         n_classes = ops.shape(logits)[-1]
