@@ -96,6 +96,10 @@ def test_finished_members_are_reused_only_when_trained_as_asked(tiny_run, tmp_pa
     (["--temperature", "0"], "--temperature 0"),
     (["--teacher", "missing.keras"], "--teacher: model not found: missing.keras"),
     (["--val-fraction", "0.6", "--test-fraction", "0.5"], "--val-fraction 0.6"),
+    # flags that would do nothing under the chosen recipe (issue 42)
+    (["--tta"], "--tta acts on the teacher's logits on the images only: add --views 0"),
+    (["--teacher-weights", "imagenet"], "--teacher-weights is for --teacher-recipe efficientnetb0 only"),
+    (["--teacher-members", "flip:3"], "--teacher-members shapes the ensemble teacher only"),
 ])
 def test_a_bad_flag_is_one_line_exit_2_before_any_work(argv, says, tmp_path, capsys):
     from train.run import main
@@ -154,6 +158,13 @@ def test_teacher_member_specs_parse_once_into_typed_members():
         Config(teacher_members="flip:14:res").members  # noqa: B018 (the other CNN family was removed)
 
 
+def test_presets_change_only_what_differs_from_the_defaults():
+    from train.config import PRESETS, Config
+
+    same = [(name, k) for name, values in PRESETS.items() for k, v in values.items() if getattr(Config(), k) == v]
+    assert not same, same
+
+
 def test_presets_combine_in_order_and_flags_win():
     import argparse
 
@@ -162,8 +173,8 @@ def test_presets_combine_in_order_and_flags_win():
     p = argparse.ArgumentParser()
     add_flags(p)
     cfg = from_args(p.parse_args(["--preset", "synthetic", "--preset", "tiny"]))
-    # tiny's schedule overrides synthetic's; synthetic's data and image size stay.
-    assert (cfg.student_width, cfg.student_epochs, cfg.patience) == (0.25, 60, 0)
+    # tiny's schedule overrides synthetic's; synthetic's data, image size and patience (tiny leaves it) stay.
+    assert (cfg.student_width, cfg.student_epochs, cfg.patience) == (0.25, 60, 6)
     assert (cfg.data, cfg.image_size) == ("data/synthetic/Training", 64)
     cfg = from_args(p.parse_args(["--preset", "tiny", "--student-epochs", "5"]))
     assert (cfg.student_width, cfg.student_epochs) == (0.25, 5)

@@ -33,7 +33,7 @@ class Config:
     # data
     # one class-per-folder tree, or several separated by commas (each a source with its own validation and test
     # split); a folder with only tumor/ and notumor/ is weakly labelled (docs/research.md, Q13)
-    data: str = "data/synthetic/Training"
+    data: str = "data/synthetic/Training"  # class-per-folder training data (several: comma-separated)
     test_data: str = ""            # a separate Testing/ folder; "" = hold out test_fraction of data
     image_size: int = 96           # student input side (pixels): 16 M MACs
     teacher_size: int = 128        # teacher input side; 0 = image_size (its logits are cached, so it may see more)
@@ -41,7 +41,7 @@ class Config:
     test_fraction: float = 0.15    # held-out evaluation split (only without test_data)
     near_dup_threshold: float = 6.0  # RMS grey-level distance of 16x16 thumbnails
     keep_leaks: bool = False       # keep evaluation images that (near-)duplicate a training image
-    cache_dir: str = "artifacts/cache"
+    cache_dir: str = "artifacts/cache"  # decoded images, weights and view caches, reused across runs
     seed: int = 42                 # weights init, data order, augmentation
     split_seed: int = 42           # fixed across seeds, so that ablations share one test set
     # teacher
@@ -50,22 +50,22 @@ class Config:
     # (offline);
     # ensemble: CNNs of the student's family from scratch (--preset ensemble); efficientnetb0: for users with
     # ImageNet weights of their own (--teacher-weights imagenet|PATH); from scratch it reaches only ~70%.
-    teacher_recipe: str = "lite0"
+    teacher_recipe: str = "lite0"  # which teacher to train (see the comment above in train/config.py)
     # Ensemble members, "AUGMENT:EPOCHS" each (members with one spec differ by seed). Members that see different
     # views err on different images, so their average gains more (docs/research.md).
-    teacher_members: str = "flip:14,flip:14,geo:24"
+    teacher_members: str = "flip:14,flip:14,geo:24"  # ensemble recipe only: AUGMENT:EPOCHS per member
     teacher_weights: str = "none"  # efficientnetb0 only: none | imagenet | PATH to weights
     teacher_epochs: int = 6        # lite0 / efficientnetb0: training epochs (lite0: after the head warm-up)
     teacher_head_epochs: int = 1   # lite0: epochs that train only the new head, the ImageNet backbone frozen
     teacher_head_lr: float = 1e-3  # lite0: the new head's learning rate while the backbone is frozen
-    teacher_lr: float = 5e-4
+    teacher_lr: float = 5e-4       # the teacher's peak learning rate (cosine schedule)
     teacher_dropout: float = 0.3   # head dropout of every teacher recipe (ensemble members included)
     label_smoothing: float = 0.0   # teacher training; smoothed teachers distill worse (Mueller et al. 2019)
     # student
     student_width: float = 1.0     # scales every layer's channels (0.25: 16,708 parameters)
     student_epochs: int = 40       # patient: each epoch, one of each image's cached views, drawn at random
-    student_lr: float = 3e-3
-    student_dropout: float = 0.2
+    student_lr: float = 3e-3       # the student's peak learning rate (cosine schedule)
+    student_dropout: float = 0.2   # before the student's last layer
     # distillation
     temperature: float = 1.0       # function matching (views); the cached-image-logit recipe was tuned at 4
     alpha: float = 0.3             # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
@@ -79,15 +79,15 @@ class Config:
     unlabeled: str = ""            # folders of unlabeled scans (any layout, DICOM too): taught by the teacher only
     baseline: bool = True          # also train the same student without a teacher (the KD gain's reference)
     # optimisation
-    batch_size: int = 64
-    weight_decay: float = 1e-4
+    batch_size: int = 64           # images per step (and views per step on the view cache)
+    weight_decay: float = 1e-4     # AdamW's, teacher and student
     patience: int = 0              # early stopping (best weights restored); 0 = every epoch runs: the last weights
                                    # are kept, except on the view cache, where the best epoch on validation is
-    class_balance: bool = True
+    class_balance: bool = True     # weight the hard-label loss so that each class counts the same
     augment: str = "flip"          # none | flip | geo (flip + small rotation / zoom / shift)
     strategy: str = "none"         # none | mirrored (several GPUs)
     # output
-    out: str = RUN_DIR
+    out: str = RUN_DIR             # the run folder (every later stage reads it)
 
     @functools.cached_property
     def members(self) -> tuple[Member, ...]:
@@ -156,11 +156,14 @@ class Config:
             raise ConfigError("--unlabeled: unlabeled scans teach through the view cache; add --views K")
         if not 0 < self.student_width <= 4:
             raise ConfigError(f"--student-width {self.student_width:g}: want a channel multiplier in (0, 4]")
+        idle = idle_flags(self, getattr(self, "explicit", set()))
+        if idle:
+            raise ConfigError(f"{idle[0]} (this flag would do nothing here)")
 
 
 # The from-scratch CNN ensemble teacher, with the schedule and alpha it was tuned with (the default before lite0;
 # its members' head dropout was the student's).
-ENSEMBLE = dict(teacher_recipe="ensemble", teacher_lr=3e-3, teacher_dropout=0.2, alpha=0.3)
+ENSEMBLE = dict(teacher_recipe="ensemble", teacher_lr=3e-3, teacher_dropout=0.2)
 # The recipe before the view cache (docs/research.md Q10): the teacher's flip-averaged logits on the training
 # images, 18 epochs, T 4, alpha 0.6, early stopping.
 CACHED_LOGITS = dict(views=0, student_epochs=18, temperature=4.0, alpha=0.6, patience=10)
@@ -168,16 +171,16 @@ CACHED_LOGITS = dict(views=0, student_epochs=18, temperature=4.0, alpha=0.6, pat
 PRESETS = {
     # Embedded default: synthetic phantoms (800 training images), small images, a few minutes on 2 cores. It keeps
     # the small ensemble teacher: ImageNet features add nothing to phantoms and would double `make all`'s time.
-    "synthetic": dict(ENSEMBLE, data="data/synthetic/Training", test_data="data/synthetic/Testing",
+    "synthetic": dict(ENSEMBLE, test_data="data/synthetic/Testing",
                       image_size=64, teacher_size=0, teacher_members="flip:15,flip:15,flip:15", views=4,
                       student_epochs=15, batch_size=32, patience=6),
     "cached-logits": CACHED_LOGITS,
     "ensemble": ENSEMBLE,
     # A 13x smaller student (16,708 parameters, 1.2 M MACs), trained longer: the size at which distillation
     # paid on the real data (docs/research.md).
-    "tiny": dict(student_width=0.25, student_epochs=60, patience=0),
+    "tiny": dict(student_width=0.25, student_epochs=60),
     # The default student on a 64 px input (7.2 M MACs instead of 16.2 M).
-    "px64": dict(image_size=64, patience=0),
+    "px64": dict(image_size=64),
 }
 
 # Flags with a closed set of values: argparse rejects anything else before a run starts.
@@ -185,21 +188,67 @@ CHOICES = {"augment": AUGMENT_LEVELS, "teacher_recipe": ("lite0", "lite1", "lite
            "kd_loss": ("hinton", "dkd"), "strategy": ("none", "mirrored")}
 
 
+def _field_docs() -> tuple[dict[str, str], dict[str, str]]:
+    """Each Config field's one-line help (its comment in the class body, continuation lines joined) and its stage
+    (the section comment above it): the flags' --help says what the code says, from one place."""
+    import inspect
+    import re
+
+    helps, stages, stage, last = {}, {}, "other", None
+    for line in inspect.getsource(Config).splitlines():
+        m = re.match(r"    (\w+): [^=]+=.*?(?:#\s*(.*))?$", line)
+        if m and not line.strip().startswith("#"):
+            last = m.group(1)
+            helps[last], stages[last] = (m.group(2) or "").strip(), stage
+        elif re.match(r"    # (\w[\w ]*)$", line) and len(line.strip()) < 20:
+            stage, last = line.strip("# \n"), None
+        elif line.strip().startswith("#") and last and line.startswith(" " * 20):
+            helps[last] += " " + line.strip("# \n")
+        else:
+            last = None
+    return helps, stages
+
+
 def add_flags(parser, only=None):
-    """One --flag per Config field (underscores become dashes), typed by the field's annotation, and --preset."""
+    """One --flag per Config field (underscores become dashes), typed by the field's annotation, grouped by stage,
+    each with its one-line help and default; and --preset."""
     types = typing.get_type_hints(Config)
+    helps, stages = _field_docs()
+    groups = {}
     for f in dataclasses.fields(Config):
         if only and f.name not in only:
             continue
+        stage = stages.get(f.name, "other")
+        if stage not in groups:
+            groups[stage] = parser.add_argument_group(stage)
+        group = groups[stage]
         flag = "--" + f.name.replace("_", "-")
+        text = (helps.get(f.name, "") + f" (default {f.default!r})").strip().replace("%", "%%")
         if types[f.name] is bool:
-            parser.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, dest=f.name,
-                                help=f"(default {f.default})")
+            group.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, dest=f.name, help=text)
         else:
-            parser.add_argument(flag, type=types[f.name], default=None, dest=f.name, choices=CHOICES.get(f.name),
-                                help=f"(default {f.default!r})")
+            group.add_argument(flag, type=types[f.name], default=None, dest=f.name, choices=CHOICES.get(f.name),
+                               help=text)
     parser.add_argument("--preset", choices=sorted(PRESETS), action="append", default=None,
                         help="named overrides applied before flags; repeat to combine, later ones win")
+
+
+# Flags that do nothing under a recipe: given explicitly, they are refused (a preset may still set them).
+def idle_flags(cfg: Config, explicit: set[str]) -> list[str]:
+    """The explicitly given flags that this configuration would ignore, each with why."""
+    why = []
+    if cfg.views:
+        why += [f"--{n.replace('_', '-')} acts on the teacher's logits on the images only: add --views 0"
+                for n in ("tta", "dkd_beta") if n in explicit]
+    if "teacher_members" in explicit and (cfg.teacher or cfg.teacher_recipe != "ensemble"):
+        why.append("--teacher-members shapes the ensemble teacher only (--teacher-recipe ensemble, no --teacher)")
+    if "teacher_weights" in explicit and (cfg.teacher or cfg.teacher_recipe != "efficientnetb0"):
+        why.append("--teacher-weights is for --teacher-recipe efficientnetb0 only")
+    if cfg.teacher:
+        why += [f"--{n.replace('_', '-')} trains a teacher, and --teacher gives a trained one"
+                for n in ("teacher_recipe", "teacher_epochs", "teacher_head_epochs", "teacher_head_lr", "teacher_lr",
+                          "teacher_dropout", "label_smoothing") if n in explicit]
+    return why
 
 
 def from_args(args, log=print) -> Config:
@@ -208,6 +257,8 @@ def from_args(args, log=print) -> Config:
     for name in getattr(args, "preset", None) or []:
         log(f"preset {name}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PRESETS[name].items()))
         values.update(PRESETS[name])
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                   if getattr(args, f.name, None) is not None})
-    return Config(**values)
+    explicit = {f.name for f in dataclasses.fields(Config) if getattr(args, f.name, None) is not None}
+    values.update({name: getattr(args, name) for name in explicit})
+    cfg = Config(**values)
+    cfg.explicit = explicit  # checked by validate(): a flag given by hand that this recipe ignores is refused
+    return cfg
