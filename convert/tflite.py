@@ -130,7 +130,11 @@ def convert_variant(run_dir, variant: str, calibration_size: int = calibration.S
     manifest = json.loads(manifest_f.read_text()) if manifest_f.is_file() else {}
     res = manifest.get("results", {}).get(which, {})
     # Students get calibrated probabilities and, in int8 (what ships), the features for the OOD flag.
-    temperature = float(res.get("calibration", {}).get("temperature", 1.0)) if which != "teacher" else 1.0
+    if which != "teacher" and "temperature" not in res.get("calibration", {}):
+        # never silently T = 1: the probabilities the card and the OOD flag quote assume the fitted temperature
+        raise ValueError(f"{manifest_f} records no fitted temperature for the {which}: the run did not finish, or "
+                         f"an older release made it; train it again (python -m train)")
+    temperature = float(res["calibration"]["temperature"]) if which != "teacher" else 1.0
     features = which != "teacher" and kind == "int8"
     data = convert(with_softmax(model, temperature, features), kind, rep)
     path = run_dir / f"{variant}.tflite"

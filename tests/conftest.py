@@ -36,7 +36,7 @@ def tiny_config(data_root: Path, out: Path, **kw):
 
     base = dict(data=str(data_root / "Training"), test_data=str(data_root / "Testing"), image_size=48, teacher_size=32,
                 cache_dir=str(out / "cache"), out=str(out / "run"), teacher_epochs=1, student_epochs=12,
-                batch_size=16, patience=20, seed=3, augment="flip", student_lr=0.01, views=0, temperature=4.0,
+                batch_size=16, patience=20, seed=3, augment="flip", student_lr=0.01, views=2, temperature=1.0,
                 teacher_recipe="ensemble", teacher_lr=3e-3, teacher_dropout=0.2, teacher_members="none:1,geo:1",
                 # the 1-epoch teacher only exercises the plumbing; the student must learn from labels
                 alpha=0.9)

@@ -69,7 +69,8 @@ def test_train_with_no_flags_trains_the_phantoms_where_every_stage_reads(monkeyp
     seen = []
     monkeypatch.setattr(train.run, "run", lambda cfg: seen.append(cfg) or 0)
     assert train.run.main([]) == 0
-    assert seen[0].out == RUN_DIR and seen[0].data == PRESETS["synthetic"]["data"]
+    assert seen[0].out == RUN_DIR and seen[0].data == "data/synthetic/Training"
+    assert seen[0].test_data == PRESETS["synthetic"]["test_data"]
     assert "synthetic phantoms" in capsys.readouterr().out
     for module in ("convert/__main__.py", "convert/parity.py", "convert/ship.py", "bench/__main__.py",
                    "bench/external.py"):

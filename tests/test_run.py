@@ -31,9 +31,17 @@ def test_run_writes_models_reports_and_learns_well_above_chance(tiny_run):
     # The ensemble teacher: each member saved with its record and scored alone, the average saved as teacher.keras.
     assert [(e["augment"], e["epochs"]) for e in m["results"]["teacher"]["members"]] == [("none", 1), ("geo", 1)]
     assert json.loads((tiny_run / "teacher_member1.json").read_text())["augment"] == "geo"
-    assert m["results"]["teacher"]["input_size"] == 32 and "train_accuracy" in m["results"]["teacher"]["cached_logits"]
+    # the default recipe: the teacher teaches through the view cache (2 views per image here), the twin too
+    vc = m["results"]["teacher"]["view_cache"]
+    assert m["results"]["teacher"]["input_size"] == 32 and vc["recipe"]["k"] == 2
+    assert vc["views"] == 2 * sum(m["data_report"]["split"]["train"].values()) and 0 < vc["label_agreement_plain"] <= 1
     assert keras.models.load_model(tiny_run / "teacher.keras").get_layer("mean_logits") is not None
-    assert len(list(tiny_run.glob("teacher_logits_tta_*.npy"))) == 1
+    # the best epoch on validation is what is kept: the saved student scores its best epoch's validation accuracy
+    from train.fit import read_history
+
+    for name in ("student", "baseline"):
+        best = max(read_history(tiny_run / "stages" / name)["val_accuracy"])
+        assert m["results"][name]["val"]["accuracy"] == pytest.approx(best, abs=1e-6), name
     assert keras.models.load_model(tiny_run / "student.keras").output_shape == (None, 4)  # no custom objects
     assert not list(tiny_run.rglob(".*.tmp")) and not list(tiny_run.glob(".*.keras"))  # atomic writes left nothing
 
