@@ -96,7 +96,7 @@ test-train-rest: $(VENV)/.stamp
 
 # The device venv has tflite-runtime (Python <= 3.11); the LiteRT cases run in .venv, which has LiteRT.
 test-device: $(DVENV)/.stamp $(VENV)/.stamp
-	$(DPY) -m pytest -q tests/device
+	$(DPY) -m pytest -q -rs tests/device
 	$(PY) -m pytest -q tests/device -k litert
 
 lint: $(VENV)/.stamp
