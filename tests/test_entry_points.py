@@ -23,6 +23,8 @@ CASES = {
     "experiments.teacher_bn_phase": ["--data", MISSING, "--teacher", MISSING + "/t.keras"],
     "experiments.pooled_gain": ["--bogus-flag"],
     "experiments.ablation": ["--bogus-flag"],
+    "experiments.screen_threshold": ["--run", MISSING, "--model", "x.tflite"],
+    "experiments.ood_auroc": ["--run", MISSING, "--data", MISSING],
     "device.classify": ["--model", MISSING + "/m.tflite", "x.png"],
     "device.serve": ["--model", MISSING + "/m.tflite", "--port", "0"],
 }
