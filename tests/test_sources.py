@@ -83,7 +83,7 @@ def test_a_run_on_two_sources_reports_each_and_keeps_weak_files_out_of_parity_li
     assert split["weak_tumour"]["train"] and all("/tumor/" in p for p in split["weak_tumour"]["train"])
 
 
-@pytest.mark.parametrize("extra, says", [({"test_data": "x"}, "no --test-data"), ({"kd_loss": "dkd"}, "hinton")])
+@pytest.mark.parametrize("extra, says", [({"test_data": "x"}, "no --test-data")])
 def test_several_sources_refuse_what_they_cannot_do(phantoms, tmp_path, extra, says):
     from train.config import ConfigError
 

@@ -104,7 +104,7 @@ def test_patient_distillation_pulls_the_student_towards_the_teacher_on_views():
     import keras
     import tensorflow as tf
 
-    from train.distill import ViewDistiller
+    from train.distill import Distiller
     from train.models import build_student
 
     keras.utils.set_random_seed(0)
@@ -113,7 +113,7 @@ def test_patient_distillation_pulls_the_student_towards_the_teacher_on_views():
     xo = rng.integers(0, 255, (16, 32, 32, 1)).astype(np.float32)
     target = rng.normal(0, 3, (16, 4)).astype(np.float32)
     y = rng.integers(0, 4, 16).astype(np.int32)
-    d = ViewDistiller(build_student(32, 4, 0.25, 0.0), temperature=2.0, alpha=0.0)
+    d = Distiller(build_student(32, 4, 0.25, 0.0), temperature=2.0, alpha=0.0)
     d.compile(optimizer=keras.optimizers.Adam(3e-3))
     d.optimizer.build(d.trainable_variables)
     batch = ((xv, xo), (target, np.ones(16, np.float32), y, np.ones(16, np.float32)))

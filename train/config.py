@@ -69,22 +69,19 @@ class Config:
     # distillation
     temperature: float = 1.0       # function matching (views); the cached-image-logit recipe was tuned at 4
     alpha: float = 0.3             # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
-    kd_loss: str = "hinton"        # hinton | dkd (decoupled KD, Zhao et al. 2022; see train/distill.py)
-    dkd_beta: float = 2.0          # DKD's weight of the wrong classes' term
-    tta: bool = True               # cached logits averaged over a horizontal flip
     # Patient distillation (train/views.py): K views per training image, the teacher's logits on each cached once;
     # the student learns from the views (KL at --temperature) and from the images' labels (weight --alpha).
-    views: int = 8                 # views per image; 0 = the teacher's flip-averaged logits on the images only
+    views: int = 8                 # views per image; 0 = one view, the image itself (classic image-logit KD)
     view_recipe: str = ""          # overrides of train/views.ViewRecipe, e.g. "area=0.35:1,gamma=0.5:2,mixup=0.3"
     unlabeled: str = ""            # folders of unlabeled scans (any layout, DICOM too): taught by the teacher only
     baseline: bool = True          # also train the same student without a teacher (the KD gain's reference)
     # optimisation
     batch_size: int = 64           # images per step (and views per step on the view cache)
     weight_decay: float = 1e-4     # AdamW's, teacher and student
-    patience: int = 0              # early stopping (best weights restored); 0 = every epoch runs: the last weights
-                                   # are kept, except on the view cache, where the best epoch on validation is
+    patience: int = 0              # stop after N epochs without a better validation accuracy; 0 = every epoch runs.
+                                   # The students keep their best epoch either way, the teacher its last unless N
     class_balance: bool = True     # weight the hard-label loss so that each class counts the same
-    augment: str = "flip"          # none | flip | geo (flip + small rotation / zoom / shift)
+    augment: str = "flip"          # the teacher's augmentation: none | flip | geo (the student's: its views)
     strategy: str = "none"         # none | mirrored (several GPUs)
     # output
     out: str = RUN_DIR             # the run folder (every later stage reads it)
@@ -127,8 +124,6 @@ class Config:
             raise ConfigError(f"--alpha {self.alpha:g}: want a weight in [0, 1]")
         if not self.temperature > 0:
             raise ConfigError(f"--temperature {self.temperature:g}: want > 0")
-        if not self.dkd_beta >= 0:
-            raise ConfigError(f"--dkd-beta {self.dkd_beta:g}: want a weight >= 0")
         if self.patience < 0:
             raise ConfigError(f"--patience {self.patience}: want epochs without improvement >= 1, or 0 for no "
                               f"early stopping")
@@ -136,14 +131,10 @@ class Config:
                 and self.val_fraction + self.test_fraction < 1):
             raise ConfigError(f"--val-fraction {self.val_fraction:g} / --test-fraction {self.test_fraction:g}: "
                               f"want fractions that leave a training split")
-        if len(self.data_folders) > 1 and (self.test_data or self.kd_loss != "hinton"):
-            raise ConfigError("several --data folders: each gets its own test split (no --test-data), and the "
-                              "weak labels of a tumor/notumor folder work with --kd-loss hinton only")
+        if len(self.data_folders) > 1 and self.test_data:
+            raise ConfigError("several --data folders: each gets its own test split (no --test-data)")
         if self.views < 0:
             raise ConfigError(f"--views {self.views}: want views per image >= 1, or 0 for no view cache")
-        if self.views and self.kd_loss != "hinton":
-            raise ConfigError(f"--kd-loss {self.kd_loss} works on the teacher's logits on the images: add --views 0 "
-                              f"(or --preset cached-logits); the view cache distills with KL at --temperature")
         if self.view_recipe:
             if not self.views:
                 raise ConfigError("--view-recipe: the recipe shapes the view cache; add --views K")
@@ -164,8 +155,8 @@ class Config:
 # The from-scratch CNN ensemble teacher, with the schedule and alpha it was tuned with (the default before lite0;
 # its members' head dropout was the student's).
 ENSEMBLE = dict(teacher_recipe="ensemble", teacher_lr=3e-3, teacher_dropout=0.2)
-# The recipe before the view cache (docs/research.md Q10): the teacher's flip-averaged logits on the training
-# images, 18 epochs, T 4, alpha 0.6, early stopping.
+# The recipe before the view cache (docs/research.md Q10): the teacher's logits on the training images (one
+# identity view each), 18 epochs, T 4, alpha 0.6, early stopping.
 CACHED_LOGITS = dict(views=0, student_epochs=18, temperature=4.0, alpha=0.6, patience=10)
 
 PRESETS = {
@@ -185,7 +176,7 @@ PRESETS = {
 
 # Flags with a closed set of values: argparse rejects anything else before a run starts.
 CHOICES = {"augment": AUGMENT_LEVELS, "teacher_recipe": ("lite0", "lite1", "lite2", "ensemble", "efficientnetb0"),
-           "kd_loss": ("hinton", "dkd"), "strategy": ("none", "mirrored")}
+           "strategy": ("none", "mirrored")}
 
 
 def _field_docs() -> tuple[dict[str, str], dict[str, str]]:
@@ -237,9 +228,6 @@ def add_flags(parser, only=None):
 def idle_flags(cfg: Config, explicit: set[str]) -> list[str]:
     """The explicitly given flags that this configuration would ignore, each with why."""
     why = []
-    if cfg.views:
-        why += [f"--{n.replace('_', '-')} acts on the teacher's logits on the images only: add --views 0"
-                for n in ("tta", "dkd_beta") if n in explicit]
     if "teacher_members" in explicit and (cfg.teacher or cfg.teacher_recipe != "ensemble"):
         why.append("--teacher-members shapes the ensemble teacher only (--teacher-recipe ensemble, no --teacher)")
     if "teacher_weights" in explicit and (cfg.teacher or cfg.teacher_recipe != "efficientnetb0"):

@@ -135,30 +135,8 @@ def fit_classifier(model, data: TrainSet, cfg, *, epochs, augment, seed, stage_d
     return timer.seconds
 
 
-def fit_student(student, data: TrainSet, cfg, *, soft_targets=None, alpha=1.0, stage_dir, strategy) -> list[float]:
-    """Distillation from the teacher's cached soft_targets or, with none and alpha 1, the no-KD baseline: the same
-    loop, seed and budget."""
-    steps = max(len(data.x) // cfg.batch_size, 1)
-    size = student.input_shape[1]
-    with strategy.scope():
-        beta = cfg.dkd_beta if cfg.kd_loss == "dkd" else None
-        distiller = Distiller(student, cfg.temperature, alpha, beta, no_tumour=data.no_tumour)
-        distiller(np.zeros((1, size, size, 1), np.float32))  # BackupAndRestore needs a built model
-        compile_for_fit(distiller, cfg, cfg.student_lr, cfg.student_epochs, steps)
-    target = data.y if soft_targets is None else {"label": data.y, "teacher_logits": soft_targets.astype(np.float32)}
-    train_ds = make_dataset(data.x, target, data.w, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
-    val_ds = make_dataset(data.x_val, data.y_val, batch=cfg.batch_size)
-    timer, cbs = callbacks(Path(stage_dir), cfg.patience)
-    distiller.fit(train_ds, validation_data=val_ds, epochs=cfg.student_epochs, callbacks=cbs, verbose=VERBOSE)
-    return timer.seconds
-
-
-def predict_logits(model, x: np.ndarray, tta: bool = False, batch: int = 128) -> np.ndarray:
-    xf = x.astype(np.float32)[..., None]
-    logits = model.predict(xf, batch_size=batch, verbose=0)
-    if tta:  # horizontal flip is label-preserving for axial/coronal MRI: average both views
-        logits = (logits + model.predict(xf[:, :, ::-1], batch_size=batch, verbose=0)) / 2.0
-    return np.asarray(logits, np.float32)
+def predict_logits(model, x: np.ndarray, batch: int = 128) -> np.ndarray:
+    return np.asarray(model.predict(x.astype(np.float32)[..., None], batch_size=batch, verbose=0), np.float32)
 
 
 def save_model(model, path):
@@ -210,13 +188,11 @@ def fit_on_views(student, data: TrainSet, cache, view_target, view_mask, k: int,
                  strategy) -> list[float]:
     """Patient distillation (teacher=True) or its labels-only twin on the view cache; an epoch is one view of every
     view image. The best epoch on validation is kept."""
-    from train.distill import ViewDistiller
-
     n_view_images = len(cache.x) // k
     steps = max(n_view_images // cfg.batch_size, 1)
     size = student.input_shape[1]
     with strategy.scope():
-        distiller = ViewDistiller(student, cfg.temperature, cfg.alpha, teacher=teacher, no_tumour=data.no_tumour)
+        distiller = Distiller(student, cfg.temperature, cfg.alpha, teacher=teacher, no_tumour=data.no_tumour)
         distiller(np.zeros((1, size, size, 1), np.float32))
         compile_for_fit(distiller, cfg, cfg.student_lr, cfg.student_epochs, steps)
     train_ds = view_dataset(cache.x, view_target, view_mask, k, n_view_images, data, cfg.batch_size, cfg.seed)

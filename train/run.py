@@ -1,4 +1,4 @@
-"""`python -m train`: data -> teacher -> soft targets -> distilled student -> no-KD baseline -> evaluation -> report,
+"""`python -m train`: data -> teacher -> its logits on views -> distilled student -> no-KD baseline -> evaluation -> report,
 all into one run folder.
 
 Every stage is resumable: re-run the same command after a kill and finished models are reused, an unfinished
@@ -77,37 +77,30 @@ def run(cfg: Config) -> int:
     seconds["teacher"] = time.time() - t0
 
     # ---- soft targets: the teacher's logits on K views of every training image (--views), or on the images
-    soft, views = None, None
+    t0 = time.time()
     if cfg.views:
-        t0 = time.time()
         views = teacher.view_cache(cfg, teacher_model, splits, teacher_files)
-        seconds["view_cache"] = time.time() - t0
-    elif cfg.alpha < 1.0:
-        t0 = time.time()
-        soft = teacher.soft_targets(cfg, teacher_model, t_splits.images.x[t_splits.train], out, teacher_files)
-        seconds["teacher_logits"] = time.time() - t0
-        _log(f"teacher logits cached for {len(soft)} training images ({seconds['teacher_logits']:.1f}s)")
+    else:
+        views = teacher.image_logits(cfg, teacher_model, splits, t_splits, out, teacher_files)
+    seconds["view_cache"] = time.time() - t0
 
     # ---- students: distilled, then the same student on labels only (the baseline)
     data = student.train_set(splits, cfg)
-    models = {"teacher": teacher_model, **student.train_students(cfg, data, n_classes, soft, out, strategy, seconds,
+    models = {"teacher": teacher_model, **student.train_students(cfg, data, n_classes, out, strategy, seconds,
                                                                  epochs, views)}
 
     # ---- evaluation and report
     results = report.evaluate(models, splits, t_splits)
-    if soft is not None:  # how well the soft targets classify the training images (~100% when memorised)
-        full = data.y < n_classes
-        results["teacher"]["cached_logits"] = {"train_accuracy": float(np.mean(soft[full].argmax(1) == data.y[full]))}
-    if views is not None:  # how often the teacher's answer on a view is its image's label (plain and mixed views)
-        cache, labels = views
-        la, plain = labels[cache.a], cache.a == cache.b
-        ok = cache.logits.argmax(1) == np.where(cache.lam >= 0.5, la, labels[cache.b])
-        results["teacher"]["view_cache"] = {
-            "views": int(len(cache.x)), "unlabeled_images": int((labels == -1).sum()), "key": cache.key,
-            "recipe": views_recipe(cfg),
-            "seconds": round(seconds["view_cache"], 1),
-            "label_agreement_plain": float(ok[plain & (la >= 0) & (la < n_classes)].mean()),
-            "label_agreement_mixed": float(ok[~plain & (la >= 0) & (la < n_classes)].mean()) if (~plain).any() else None}
+    # how often the teacher's answer on a view is its image's label (plain and mixed views)
+    cache, labels = views
+    la, plain = labels[cache.a], cache.a == cache.b
+    ok = cache.logits.argmax(1) == np.where(cache.lam >= 0.5, la, labels[cache.b])
+    results["teacher"]["view_cache"] = {
+        "views": int(len(cache.x)), "unlabeled_images": int((labels == -1).sum()), "key": cache.key,
+        "recipe": views_recipe(cfg) if cfg.views else "identity: the training images themselves",
+        "seconds": round(seconds["view_cache"], 1),
+        "label_agreement_plain": float(ok[plain & (la >= 0) & (la < n_classes)].mean()),
+        "label_agreement_mixed": float(ok[~plain & (la >= 0) & (la < n_classes)].mean()) if (~plain).any() else None}
     if cfg.teacher_recipe == "ensemble" and not cfg.teacher and len(cfg.members) > 1:
         results["teacher"]["members"] = report.score_members(
             [out / f"teacher_member{i}.keras" for i in range(len(cfg.members))], cfg, t_splits)

@@ -38,21 +38,17 @@ def train_set(splits, cfg: Config, full_labels_only: bool = False) -> fit.TrainS
                         imgs.classes.index(NO_TUMOUR) if weak else None)
 
 
-def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, soft_targets, out: Path, strategy,
-                   seconds: dict, epoch_seconds: dict, views=None) -> dict:
+def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, out: Path, strategy, seconds: dict,
+                   epoch_seconds: dict, views) -> dict:
     """{"student": distilled, "baseline": labels only (unless --no-baseline)}. The teacher teaches through the
-    view cache (views = (cache, labels of its images); the baseline is the twin on the same views with their
-    labels), or through its cached soft targets on the training images."""
-    if views is not None:
-        cache, view_labels = views
-        mixed, known = cache.soft_labels(view_labels, n_classes)
-        runs = {"student": dict(teacher=True, view_target=cache.logits, view_mask=np.ones(len(cache.x), np.float32))}
-        if cfg.baseline:
-            runs["baseline"] = dict(teacher=False, view_target=mixed, view_mask=known.astype(np.float32))
-    else:
-        runs = {"student": dict(alpha=cfg.alpha, soft_targets=soft_targets)}
-        if cfg.baseline:
-            runs["baseline"] = dict(alpha=1.0, soft_targets=None)
+    view cache (views = (cache, labels of its images); with --views 0 the cache holds the images themselves); the
+    baseline is the twin on the same views with their labels."""
+    cache, view_labels = views
+    mixed, known = cache.soft_labels(view_labels, n_classes)
+    runs = {"student": dict(teacher=True, view_target=cache.logits, view_mask=np.ones(len(cache.x), np.float32))}
+    if cfg.baseline:
+        runs["baseline"] = dict(teacher=False, view_target=mixed, view_mask=known.astype(np.float32))
+    k = max(cfg.views, 1)
     models = {}
     for name, how in runs.items():
         t0, path = time.time(), out / f"{name}.keras"
@@ -63,19 +59,12 @@ def train_students(cfg: Config, data: fit.TrainSet, n_classes: int, soft_targets
             keras.utils.set_random_seed(cfg.seed)  # same init and data order for KD and baseline
             with strategy.scope():
                 models[name] = build_student(cfg.image_size, n_classes, cfg.student_width, cfg.student_dropout)
-            stage = out / "stages" / name
-            if views is not None:
-                what = f"teacher's logits, T {cfg.temperature:g}" if how["teacher"] else "their labels"
-                _log(f"{name}: {cfg.student_epochs} epochs on {cfg.views} cached views per image ({what}), "
-                     f"alpha {cfg.alpha:g} on the images")
-                epoch_seconds[name] = fit.fit_on_views(models[name], data, cache, how["view_target"], how["view_mask"],
-                                                       cfg.views, cfg, teacher=how["teacher"], stage_dir=stage,
-                                                       strategy=strategy)
-            else:
-                kd = f", {cfg.kd_loss} T {cfg.temperature:g}, cached teacher logits" if how["alpha"] < 1 else ""
-                _log(f"{name}: training for up to {cfg.student_epochs} epochs (alpha {how['alpha']:g}{kd})")
-                epoch_seconds[name] = fit.fit_student(models[name], data, cfg, **how, stage_dir=stage,
-                                                      strategy=strategy)
+            what = f"teacher's logits, T {cfg.temperature:g}" if how["teacher"] else "their labels"
+            on = f"{k} cached views per image" if cfg.views else "the images themselves (--views 0)"
+            _log(f"{name}: {cfg.student_epochs} epochs on {on} ({what}), alpha {cfg.alpha:g} on the images")
+            epoch_seconds[name] = fit.fit_on_views(models[name], data, cache, how["view_target"], how["view_mask"],
+                                                   k, cfg, teacher=how["teacher"], stage_dir=out / "stages" / name,
+                                                   strategy=strategy)
             fit.save_model(models[name], path)
         seconds[name] = time.time() - t0
     return models

@@ -1,5 +1,5 @@
 """The teacher stage: load given teachers or train the run's own (ensemble members or EfficientNetB0), average an
-ensemble's logits, and cache the soft targets the student learns from.
+ensemble's logits, and cache its answers on the views the student learns from.
 
 Each ensemble member is saved with a record of how it was trained (`teacher_member{i}.json`), so a re-run
 resumes member by member and never silently reuses a member trained differently.
@@ -147,20 +147,22 @@ def ensemble(members, size: int) -> keras.Model:
     return keras.Model(inp, keras.layers.Average(name="mean_logits")(outs), name="teacher_ensemble")
 
 
-def soft_targets(cfg: Config, teacher, x_train: np.ndarray, out: Path, teacher_files: list[Path]) -> np.ndarray:
-    """The teacher's logits on the training images (flip-averaged with --tta), computed once and cached in the run
-    folder, keyed by the teacher files' contents so another --teacher never reuses stale logits."""
+def image_logits(cfg: Config, teacher, splits, t_splits, out: Path, teacher_files: list[Path]):
+    """--views 0: the teacher's logits on the training images themselves, cached in the run folder (keyed by the
+    teacher files' contents, so another --teacher never reuses stale logits), as an identity view cache: classic
+    image-logit KD through the one distiller. Returns (cache, labels of its images)."""
+    from train import views
     from train.views import teacher_digest  # one notion of "the same teacher" for both caches: its contents
 
-    cache = out / f"teacher_logits_{'tta' if cfg.tta else 'plain'}_{teacher_digest(teacher_files)[:10]}.npy"
-    if cache.is_file():
-        logits = np.load(cache)
-        if len(logits) == len(x_train):
-            return logits
-    logits = fit.predict_logits(teacher, x_train, tta=cfg.tta)
-    with atomic_path(cache) as tmp:
-        np.save(tmp, logits)
-    return logits
+    key = f"identity-{teacher_digest(teacher_files)[:10]}"
+    cache = out / f"teacher_logits_{key}.npy"
+    x_teacher = t_splits.images.x[t_splits.train]
+    logits = np.load(cache) if cache.is_file() else None
+    if logits is None or len(logits) != len(x_teacher):
+        logits = fit.predict_logits(teacher, x_teacher)
+        with atomic_path(cache) as tmp:
+            np.save(tmp, logits)
+    return views.identity(splits.images.x[splits.train], logits, key), splits.images.labels[splits.train]
 
 
 def view_cache(cfg: Config, model, splits, teacher_files: list[Path]):

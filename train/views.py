@@ -225,5 +225,14 @@ def build(sources: np.ndarray, predict, recipe: ViewRecipe, sizes: tuple[int, in
     return ViewCache(cat["x"], cat["logits"], cat["a"], cat["b"], cat["lam"], key, seconds)
 
 
+def identity(images: np.ndarray, logits: np.ndarray, key: str) -> ViewCache:
+    """One view per image, the image itself, with the teacher's logits on it (--views 0: classic image-logit KD
+    through the same distiller)."""
+    n = len(images)
+    idx = np.arange(n, dtype=np.int32)
+    return ViewCache(np.asarray(images, np.uint8), np.asarray(logits, np.float32), idx, idx.copy(),
+                     np.ones(n, np.float32), key)
+
+
 def source_size(student: int, teacher: int) -> int:
     return int(round(max(student, teacher) * SOURCE_SCALE))
