@@ -46,10 +46,11 @@ def train(args, out: Path, extra) -> dict:
 
 
 # Config fields that change the distilled student but not the scratch one (a field of an older run that this
-# version no longer has counts as a difference: such a scratch student is not reused).
+# version no longer has counts as a difference: such a scratch student is not reused). alpha is not one: the
+# twin on the views weighs its two label terms by it; the views and their recipe are not either.
 TEACHER_ONLY = {"teacher", "teacher_recipe", "teacher_members", "teacher_weights", "teacher_epochs",
                 "teacher_head_epochs", "teacher_head_lr", "teacher_lr", "teacher_dropout", "teacher_size",
-                "label_smoothing", "temperature", "alpha", "kd_loss", "dkd_beta", "tta", "baseline", "out"}
+                "label_smoothing", "temperature", "kd_loss", "dkd_beta", "tta", "baseline", "out"}
 # Config fields that change where files go, not what is trained.
 NO_EFFECT = {"cache_dir"}
 
