@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench import command_line, unfinished, write_report
-from convert.tflite import VARIANTS
+from convert.tflite import VARIANTS, model_of
 from device.atomic import atomic_write_bytes
 from device.bench import cpu_name
 from device.runtime import RUNTIMES
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
             r = json.loads(proc.stdout)
             fresh = sorted((fresh_process(python, model, image, runtime) for _ in range(a.repeats)),
                            key=lambda f: f["wall_s"])
-            res = manifests[src]["results"].get(file_variant.split("_")[0], {})
+            res = manifests[src]["results"].get(model_of(file_variant), {})
             rows.append({"runtime": runtime, "variant": v, "from_run": src.name, "bytes": model.stat().st_size,
                          "params": res.get("params"), "macs": res.get("macs"), **r,
                          "fresh_process": fresh[len(fresh) // 2],

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from convert import calibration
-from convert.tflite import DEFAULT_VARIANTS, VARIANTS
+from convert.tflite import DEFAULT_VARIANTS, VARIANTS, model_of
 from device.atomic import atomic_write_json
 from train.config import RUN_DIR
 
@@ -37,8 +37,8 @@ def main(argv=None) -> int:
         return 2
     results, failed = [], []
     for v in variants:
-        if not (run / f"{v.split('_')[0]}.keras").is_file():
-            print(f"skip {v}: {run}/{v.split('_')[0]}.keras not found")
+        if not (run / f"{model_of(v)}.keras").is_file():
+            print(f"skip {v}: {run}/{model_of(v)}.keras not found")
             continue
         proc = subprocess.run([sys.executable, "-m", "convert.tflite", "--run", str(run), "--variant", v,
                                "--calibration-size", str(a.calibration_size), "--seed", str(a.seed)],

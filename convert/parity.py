@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from convert import calibration
+from convert.tflite import VARIANT_SOURCES, model_of, record_variant
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metadata import ModelError, read_metadata
 from device.metrics import pct, softmax, summarize
@@ -137,6 +138,10 @@ def gate(run: Path, model: str, float_model: str, max_drop: float, min_agreement
     if r["reject_ood"]:
         meta["metrics"]["reject_ood"] = r["reject_ood"]
     atomic_write_json(side, meta)
+    if (run / "manifest.json").is_file():  # the run's record of this variant: its gate, and where the report is
+        record_variant(run, model, parity={"passed": bool(r["passed"]), "agreement_percent": r["agreement_percent"],
+                                           "accuracy_drop_points": r["accuracy_drop_points"],
+                                           "float_model": float_model, "report": f"{stem}.json"})
     print(md)
     return bool(r["passed"])
 
@@ -161,7 +166,11 @@ def main(argv=None) -> int:
     passed = True
     try:
         for m in models:
-            float_model = (a.float_model or m.split("_")[0]).removesuffix(".keras")
+            if not a.float_model and m not in VARIANT_SOURCES:
+                print(f"error: --model {m} is not one of convert's variants: name the Keras model it must agree "
+                      f"with (--float-model)", file=sys.stderr)
+                return 2
+            float_model = (a.float_model or model_of(m)).removesuffix(".keras")
             passed = gate(run, m, float_model, a.max_drop, a.min_agreement, a.runtime) and passed
     except (ModelError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

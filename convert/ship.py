@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-from convert.parity import parity_stem
 from convert.portable import portable
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metadata import ModelError, read_metadata
@@ -197,6 +196,18 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
     return "\n".join(x for x in L if x is not None) + "\n"
 
 
+def gate_result(run: Path, manifest: dict, variant: str) -> dict:
+    """The parity gate's full report of a variant, found through the manifest's record of it (convert writes the
+    record, parity adds its result)."""
+    record = manifest.get("variants", {}).get(variant)
+    if record is None:
+        raise ModelError(f"{run}/manifest.json records no {variant}: run make tflite (python -m convert) first")
+    if not record.get("parity"):
+        raise ModelError(f"{variant} has no parity gate result: run make parity (python -m convert.parity --run "
+                         f"{run}) first")
+    return json.loads((run / record["parity"]["report"]).read_text())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.ship", description=__doc__.splitlines()[0])
     p.add_argument("--run", default=RUN_DIR)
@@ -208,21 +219,12 @@ def main(argv=None) -> int:
     run, dest = Path(a.run), Path(a.dest)
     try:
         meta = read_metadata(run / f"{a.model}.tflite")
-        parity = json.loads((run / f"{parity_stem(a.model)}.json").read_text())
         manifest = json.loads((run / "manifest.json").read_text())
+        parity = gate_result(run, manifest, a.model)
+        also = {v: (read_metadata(run / f"{v}.tflite"), gate_result(run, manifest, v))
+                for v in filter(None, a.also.split(","))}
     except (ModelError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    also = {}
-    try:
-        for v in filter(None, a.also.split(",")):
-            meta_v = read_metadata(run / f"{v}.tflite")
-            if not (run / f"{parity_stem(v)}.json").is_file():
-                raise ModelError(f"{v} has no parity gate result: run python -m convert.parity --run {run} "
-                                 f"--model {v} first")
-            also[v] = (meta_v, json.loads((run / f"{parity_stem(v)}.json").read_text()))
-    except ModelError as e:
-        print(f"error: --also: {e}", file=sys.stderr)
         return 2
     failed = [name for name, p in [(a.model, parity)] + [(v, x[1]) for v, x in also.items()] if not p.get("passed")]
     if failed:

@@ -16,10 +16,30 @@ from convert.audit import audit, check_full_int8
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metadata import make_metadata
 
-# Every variant a run can be converted to ("<model>_<kind>"), and the ones `make tflite` writes.
-VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32", "teacher_int8",
-            "baseline_int8")
+# Every variant a run can be converted to: the Keras model of the run it is made from, and the conversion. The
+# manifest's "variants" records each one made (file, model, kind, temperature, and its parity gate once run):
+# later stages read that record, never a file name's parts.
+VARIANT_SOURCES = {"student_int8": ("student", "int8"), "student_fp32": ("student", "fp32"),
+                   "student_fp16": ("student", "fp16"), "student_dynamic": ("student", "dynamic"),
+                   "teacher_fp32": ("teacher", "fp32"), "teacher_int8": ("teacher", "int8"),
+                   "baseline_int8": ("baseline", "int8")}
+VARIANTS = tuple(VARIANT_SOURCES)
 DEFAULT_VARIANTS = ("student_int8", "student_fp32", "student_fp16", "student_dynamic", "teacher_fp32", "teacher_int8")
+
+
+def model_of(variant: str) -> str:
+    """The Keras model of the run a variant is converted from (student, teacher or baseline)."""
+    return VARIANT_SOURCES[variant][0]
+
+
+def record_variant(run_dir: Path, variant: str, **fields) -> None:
+    """Add or update the manifest's record of one variant (one process at a time writes it: convert runs its
+    variants one after another)."""
+    manifest_f = Path(run_dir) / "manifest.json"
+    manifest = json.loads(manifest_f.read_text())
+    entry = manifest.setdefault("variants", {}).setdefault(variant, {})
+    entry.update(fields)
+    atomic_write_json(manifest_f, manifest)
 
 
 def with_softmax(model, temperature: float = 1.0, features: bool = False):
@@ -113,7 +133,7 @@ def convert_variant(run_dir, variant: str, calibration_size: int = calibration.S
     import keras
 
     run_dir = Path(run_dir)
-    which, kind = variant.split("_", 1)
+    which, kind = VARIANT_SOURCES[variant]
     split = calibration.read_split(run_dir)
     classes = split["classes"]
     model = keras.models.load_model(run_dir / f"{which}.keras")
@@ -158,6 +178,9 @@ def convert_variant(run_dir, variant: str, calibration_size: int = calibration.S
                  "params": res.get("params"), "macs": res.get("macs")},
         extra=extra)
     atomic_write_json(path.with_suffix(".json"), meta)
+    if manifest_f.is_file():
+        record_variant(run_dir, variant, file=path.name, model=which, kind=kind, temperature=temperature,
+                       bytes=path.stat().st_size, sha256=meta["sha256"], parity=None)
     return {"variant": variant, "path": str(path), "bytes": path.stat().st_size, "problems": problems,
             "op_types": rep_audit["op_types"], "input": rep_audit["input"], "output": rep_audit["output"]}
 

@@ -96,7 +96,8 @@ def test_parity_gate_passes_good_model_and_fails_blank_calibration(converted, tm
     convert_variant(other, "student_int8")
     for ext in (".tflite", ".json"):
         shutil.copy(other / f"student_int8{ext}", run / f"student_broken{ext}")
-    assert parity_main(["--run", str(run), "--model", "student_broken", *gate]) == 1
+    assert parity_main(["--run", str(run), "--model", "student_broken", *gate]) == 2   # whose float model?
+    assert parity_main(["--run", str(run), "--model", "student_broken", "--float-model", "student", *gate]) == 1
     bad = json.loads((run / "parity_student_broken.json").read_text())
     assert not bad["passed"] and bad["failures"]
 

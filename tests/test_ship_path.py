@@ -25,6 +25,12 @@ def test_a_teacher_run_is_converted_gated_and_shipped_with_its_teacher(tiny_run,
     assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
     for stem in ("parity", "parity_teacher_int8"):    # make parity gates both int8 models
         assert json.loads((out / f"{stem}.json").read_text())["passed"]
+    # the run folder is data: the manifest records each variant made, its temperature and its gate
+    variants = json.loads((out / "manifest.json").read_text())["variants"]
+    assert set(variants) == {"student_int8", "teacher_int8"}
+    assert variants["student_int8"]["model"] == "student" and variants["teacher_int8"]["temperature"] == 1.0
+    assert variants["student_int8"]["temperature"] > 0 and variants["teacher_int8"]["parity"]["passed"]
+    assert variants["teacher_int8"]["parity"]["report"] == "parity_teacher_int8.json"
     assert {f.name for f in models.iterdir()} == {"student_int8.tflite", "student_int8.json", "teacher_int8.tflite",
                                                   "teacher_int8.json", "MODEL_CARD.md"}
     assert "teacher_int8" in (models / "MODEL_CARD.md").read_text()
