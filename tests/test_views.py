@@ -150,3 +150,46 @@ def test_unlabeled_scans_enter_the_view_cache_and_only_the_teacher_teaches_them(
     assert run(cfg2) == 0
     again = json.loads((tmp_path / "second" / "run" / "manifest.json").read_text())["results"]["teacher"]["view_cache"]
     assert again["key"] == vc["key"]
+
+
+def test_the_fitted_temperature_undoes_a_known_overconfidence():
+    """Labels drawn from softmax(z); the model reports 3 z. The NLL-optimal temperature is about 3, and it lowers
+    the NLL on fresh draws of the same kind."""
+    from train.calibrate import fit_temperature, nll
+
+    rng = np.random.default_rng(0)
+
+    def draws(n):
+        z = rng.normal(0, 1.5, (n, 4))
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        y = np.array([rng.choice(4, p=row) for row in p])
+        return 3.0 * z, y
+
+    logits, y = draws(4000)
+    t = fit_temperature(logits, y)
+    assert 2.6 < t < 3.4, t
+    fresh, y2 = draws(2000)
+    assert nll(fresh, y2, t) < nll(fresh, y2, 1.0)
+
+
+def test_each_epoch_shows_every_image_once_as_one_of_its_own_k_views():
+    """fit.view_dataset: per pass, each view image once, as one of its k cached views (drawn at random, so over
+    passes all k appear), and the image stream walks the labelled images."""
+    import tensorflow as tf
+
+    from train import fit
+
+    n, k, batch = 32, 4, 8
+    views = np.zeros((n * k, 2, 2), np.uint8)
+    target = np.arange(n * k, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)   # target row = view index
+    data = fit.TrainSet(np.zeros((n, 2, 2), np.uint8), np.arange(n) % 4, np.ones(n, np.float32),
+                        np.zeros((4, 2, 2), np.uint8), np.arange(4))
+    ds = fit.view_dataset(views, target, np.ones(n * k, np.float32), k, n, data, batch, seed=3)
+    seen = [[] for _ in range(6)]
+    for step, ((v, _), (t, _, _, _)) in enumerate(ds.take(6 * n // batch)):  # t's first column: the view index
+        seen[step // (n // batch)] += [int(x) for x in t.numpy()[:, 0]]
+    for epoch in seen:
+        assert sorted(i // k for i in epoch) == list(range(n))      # every image once per pass
+    per_image = {i: {e[j] for e in seen for j in range(n) if e[j] // k == i} for i in range(n)}
+    assert all(len(s) >= 2 for s in per_image.values())            # views vary from pass to pass
+    assert tf.is_tensor(v)
