@@ -175,8 +175,6 @@ def test_the_fitted_temperature_undoes_a_known_overconfidence():
 def test_each_epoch_shows_every_image_once_as_one_of_its_own_k_views():
     """fit.view_dataset: per pass, each view image once, as one of its k cached views (drawn at random, so over
     passes all k appear), and the image stream walks the labelled images."""
-    import tensorflow as tf
-
     from train import fit
 
     n, k, batch = 32, 4, 8
@@ -187,9 +185,9 @@ def test_each_epoch_shows_every_image_once_as_one_of_its_own_k_views():
     ds = fit.view_dataset(views, target, np.ones(n * k, np.float32), k, n, data, batch, seed=3)
     seen = [[] for _ in range(6)]
     for step, ((v, _), (t, _, _, _)) in enumerate(ds.take(6 * n // batch)):  # t's first column: the view index
+        assert v.shape == (batch, 2, 2, 1)
         seen[step // (n // batch)] += [int(x) for x in t.numpy()[:, 0]]
     for epoch in seen:
         assert sorted(i // k for i in epoch) == list(range(n))      # every image once per pass
     per_image = {i: {e[j] for e in seen for j in range(n) if e[j] // k == i} for i in range(n)}
     assert all(len(s) >= 2 for s in per_image.values())            # views vary from pass to pass
-    assert tf.is_tensor(v)
