@@ -108,6 +108,8 @@ def test_finished_members_are_reused_only_when_trained_as_asked(tiny_run, tmp_pa
     # flags that would do nothing under the chosen recipe (issue 42)
     (["--teacher-weights", "imagenet"], "--teacher-weights is for --teacher-recipe efficientnetb0 only"),
     (["--teacher-members", "flip:3"], "--teacher-members shapes the ensemble teacher only"),
+    (["--preset", "ensemble", "--teacher-head-epochs", "2"], "--teacher-head-epochs is the EfficientNet-Lite"),
+    (["--test-data", "t", "--test-fraction", "0.2"], "--test-fraction holds out a test split"),
 ])
 def test_a_bad_flag_is_one_line_exit_2_before_any_work(argv, says, tmp_path, capsys):
     from train.run import main

@@ -235,7 +235,12 @@ def idle_flags(cfg: Config, explicit: set[str]) -> list[str]:
     if cfg.teacher:
         why += [f"--{n.replace('_', '-')} trains a teacher, and --teacher gives a trained one"
                 for n in ("teacher_recipe", "teacher_epochs", "teacher_head_epochs", "teacher_head_lr", "teacher_lr",
-                          "teacher_dropout", "label_smoothing") if n in explicit]
+                          "teacher_dropout", "label_smoothing", "teacher_size", "teacher_members") if n in explicit]
+    elif not cfg.teacher_recipe.startswith("lite"):
+        why += [f"--{n.replace('_', '-')} is the EfficientNet-Lite recipes' head warm-up"
+                for n in ("teacher_head_epochs", "teacher_head_lr") if n in explicit]
+    if cfg.test_data and "test_fraction" in explicit:
+        why.append("--test-fraction holds out a test split, and --test-data gives one")
     return why
 
 
