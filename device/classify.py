@@ -246,6 +246,9 @@ def build_parser():
                    help="below this top probability the answer is 'uncertain' (0..1)")
     p.add_argument("--reject-ood", action="store_true",
                    help="answer 'uncertain' for scans unlike the training images (out of distribution)")
+    p.add_argument("--adapt", metavar="DIR", action="append", default=None,
+                   help="re-estimate the class priors from this site's unlabeled scans first (files or folders; "
+                        "repeatable), and answer under them (docs/research.md, Q23)")
     p.add_argument("--explain", metavar="OUT_DIR",
                    help="also write where the model looked: one PNG per input in OUT_DIR, an occlusion map of the top "
                         "class (a fixed 122 interpreter runs an image; about 15 ms on x86)")
@@ -326,6 +329,15 @@ def classify_all(a, options) -> int:
 def _classify_each(a, options, clf, ranked, ImageError) -> int:
     for note in clf.notes:
         print(f"note: {note}", file=sys.stderr)
+    if a.adapt:
+        site = [p for p, problem in expand(a.adapt, Skipped()) if problem is None]
+        try:
+            priors, used = clf.adapt(site)
+        except ImageError as e:
+            print(f"error: --adapt: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"note: class priors re-estimated from {used} scans: "
+              + ", ".join(f"{c} {p:.2f}" for c, p in zip(clf.labels, priors)), file=sys.stderr)
     if a.csv:
         emit(csv_line(["path", "label", "probability", *clf.labels, "in_distribution", "ood_score", "latency_ms",
                        "note", "error"] + (["explanation"] if a.explain else [])))

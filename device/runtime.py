@@ -215,6 +215,7 @@ class Classifier:
         self.model_path = Path(model_path) if model_path is not None else PACKAGE_MODEL
         self._lock = threading.Lock()
         self._worker = None
+        self.priors = None   # a site's class priors (adapt); None: the training priors (class-balanced)
         self.meta = read_metadata(self.model_path)
         self.notes: list[str] = []  # what the runtime choice had to say (e.g. a fallback), for the caller to show
         t0 = time.perf_counter()
@@ -342,7 +343,29 @@ class Classifier:
             probs = self._output(self._out)
             feats = self._output(self._feat) if self.ood is not None else None
         score = float(self.ood.score(feats)[0]) if feats is not None else None
+        if self.priors is not None:
+            from device.priors import adjust
+
+            probs = adjust(probs, self.priors).astype(np.float32)
         return Assessment(probs, score, tuple(notes))
+
+    def adapt(self, sources) -> tuple[np.ndarray, int]:
+        """Re-estimate the class priors from a site's unlabeled scans (paths or 2-D uint8 arrays; unreadable ones
+        are skipped) by EM (device/priors.py); every later answer is reweighted by them. Returns (priors, scans
+        used). adapt([]) or a list with no readable scan raises ImageError."""
+        from device.priors import em_priors
+
+        self.priors = None
+        probs = []
+        for s in sources:
+            try:
+                probs.append(self.assess(s).probabilities)
+            except ImageError:
+                continue
+        if not probs:
+            raise ImageError("no readable scan to estimate the site's class priors from")
+        self.priors = em_priors(np.stack(probs))
+        return self.priors, len(probs)
 
     def decode(self, path) -> tuple[np.ndarray, list[str]]:
         """A file -> the model's input pixels and notes, in the limited worker (options.isolate) or here."""

@@ -25,6 +25,7 @@ CASES = {
     "experiments.ablation": ["--bogus-flag"],
     "experiments.screen_threshold": ["--run", MISSING, "--model", "x.tflite"],
     "experiments.ood_auroc": ["--run", MISSING, "--data", MISSING],
+    "experiments.prior_shift": ["--data", MISSING],
     "device.classify": ["--model", MISSING + "/m.tflite", "x.png"],
     "device.serve": ["--model", MISSING + "/m.tflite", "--port", "0"],
 }
