@@ -116,11 +116,10 @@ class Skipped:
 
 def _dicom_or_problem(p: Path):
     """(is a DICOM file, problem): an extensionless file that cannot be opened is a problem, not 'not DICOM'."""
-    from device.preprocess import DICOM_MAGIC_OFFSET
+    from device.preprocess import dicom_preamble
+
     try:
-        with open(p, "rb") as fh:
-            fh.seek(DICOM_MAGIC_OFFSET)
-            return fh.read(4) == b"DICM", None
+        return dicom_preamble(p), None
     except PermissionError:
         return False, "permission denied"
     except OSError as e:
@@ -313,8 +312,6 @@ def main(argv=None) -> int:
 
 def classify_all(a, options) -> int:
     from device.metadata import ModelError
-    from device.metrics import ranked
-    from device.preprocess import ImageError
     from device.runtime import Classifier
 
     try:
@@ -323,10 +320,13 @@ def classify_all(a, options) -> int:
         print(f"error: {shown(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     with clf:
-        return _classify_each(a, options, clf, ranked, ImageError)
+        return _classify_each(a, options, clf)
 
 
-def _classify_each(a, options, clf, ranked, ImageError) -> int:
+def _classify_each(a, options, clf) -> int:
+    from device.metrics import ranked
+    from device.preprocess import ImageError
+
     for note in clf.notes:
         print(f"note: {note}", file=sys.stderr)
     if a.adapt:
@@ -345,11 +345,11 @@ def _classify_each(a, options, clf, ranked, ImageError) -> int:
     skipped = Skipped()
     for path, problem in expand(a.paths, skipped):
         t0 = time.perf_counter()
-        notes = []
         attempted += problem is None
         if problem is None:
-            try:
-                result = clf.assess(path)
+            try:  # decoded once: the answer and its map (--explain) use the same pixels
+                pixels, decode_notes = clf.model_input(path)
+                result = clf.assess_pixels(pixels, decode_notes)
             except ImageError as e:
                 problem = str(e)
             except MemoryError:
@@ -371,19 +371,17 @@ def _classify_each(a, options, clf, ranked, ImageError) -> int:
                 emit(f"{shown(path)}: error: {shown(problem)}", sys.stderr)
             continue
         n_ok += 1
-        probs, known = result.probabilities, result.in_distribution
-        notes = list(result.notes) + notes
+        rec = answer_record(clf, result)
+        probs, notes = result.probabilities, list(result.notes)
+        label, known, score = rec["label"], rec["in_distribution"], rec["ood_score"]
         order = ranked(probs)
         top = int(order[0])
-        answer = clf.answer(result)
-        label = answer[0].label if answer else "uncertain"
-        score = None if result.ood_score is None or not math.isfinite(result.ood_score) else round(result.ood_score, 3)
-        explanation = _explain(clf, path, top, a.explain) if a.explain else None
+        explanation = _explain(clf, path, pixels, top, a.explain) if a.explain else None
         if isinstance(explanation, tuple):  # it could not be written: said in the record, the batch goes on
             explanation, why = explanation
             notes.append(why)
         if a.json:
-            record = {**json_path(path), **answer_record(clf, result), "latency_ms": round(ms, 2)}
+            record = {**json_path(path), **rec, "latency_ms": round(ms, 2)}
             record |= {"explanation": explanation} if a.explain else {}
             emit(json.dumps(record | ({"note": "; ".join(notes)} if notes else {}), allow_nan=False))
         elif a.csv:
@@ -426,24 +424,23 @@ def answer_record(clf, result) -> dict:
             "in_distribution": result.in_distribution, "ood_score": score}
 
 
-def _explain(clf, path, top: int, out_dir):
-    """The occlusion map of the top class as a PNG in out_dir, named after the file plus a hash of its whole path
-    (two scans called 1.dcm in two folders get two maps). Returns the PNG's path, or (None, why) when the map could
-    not be made or written."""
+def _explain(clf, path, pixels, top: int, out_dir):
+    """The occlusion map of the top class on the file's model input, as a PNG in out_dir named after the file plus
+    a hash of its whole path (two scans called 1.dcm in two folders get two maps). Returns the PNG's path, or
+    (None, why) when it could not be written."""
     import hashlib
     import re
 
     from device.atomic import atomic_write_bytes
-    from device.explain import png_bytes
-    from device.preprocess import ImageError
+    from device.explain import explain, png_bytes
 
     raw = os.fsencode(path)
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.fsdecode(os.path.basename(raw)))[:60] or "scan"
     target = Path(out_dir) / f"{stem}-{hashlib.sha1(raw).hexdigest()[:8]}.png"
     try:
-        atomic_write_bytes(target, png_bytes(clf.explain(path, top)))
-    except (ImageError, OSError) as e:
-        return None, f"no map: {getattr(e, 'strerror', None) or e}"
+        atomic_write_bytes(target, png_bytes(explain(clf, pixels, top)))
+    except OSError as e:
+        return None, f"no map: {e.strerror or e}"
     return str(target)
 
 

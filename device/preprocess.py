@@ -86,12 +86,17 @@ def is_image_path(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def dicom_preamble(path) -> bool:
+    """A DICOM Part 10 file: 'DICM' after the 128-byte preamble (whatever its name). OSError if unreadable."""
+    with open(path, "rb") as fh:
+        fh.seek(DICOM_MAGIC_OFFSET)
+        return fh.read(4) == b"DICM"
+
+
 def is_dicom_file(path) -> bool:
-    """A DICOM Part 10 file: 'DICM' after the 128-byte preamble (whatever its name)."""
+    """dicom_preamble, with an unreadable file counted as not DICOM."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(DICOM_MAGIC_OFFSET)
-            return fh.read(4) == b"DICM"
+        return dicom_preamble(path)
     except OSError:
         return False
 

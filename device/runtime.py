@@ -336,12 +336,7 @@ class Classifier:
 
     def assess_pixels(self, pixels: np.ndarray, notes=()) -> Assessment:
         """uint8 (size, size) array from device.preprocess -> probabilities and OOD score."""
-        x = self._feed(pixels)
-        with self._lock:  # set, invoke and read as one step: the tensors are the interpreter's, not this thread's
-            self.interpreter.set_tensor(self._in_index, x)
-            self.interpreter.invoke()
-            probs = self._output(self._out)
-            feats = self._output(self._feat) if self.ood is not None else None
+        probs, feats = self._run(pixels, features=self.ood is not None)
         score = float(self.ood.score(feats)[0]) if feats is not None else None
         if self.priors is not None:
             from device.priors import adjust
@@ -402,11 +397,16 @@ class Classifier:
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (size, size) array from device.preprocess -> class probabilities (float32); no OOD score (the
         explanation maps call this 122 times an image)."""
+        return self._run(pixels, features=False)[0]
+
+    def _run(self, pixels: np.ndarray, features: bool):
+        """(probabilities, features or None) of one input: set, invoke and read as one step under the lock, since
+        the tensors are the interpreter's, not this thread's."""
         x = self._feed(pixels)
         with self._lock:
             self.interpreter.set_tensor(self._in_index, x)
             self.interpreter.invoke()
-            return self._output(self._out)
+            return self._output(self._out), (self._output(self._feat) if features else None)
 
     def assess(self, source) -> Assessment:
         """source: an image or DICOM file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame)

@@ -22,6 +22,7 @@ from device.bench import labelled
 from device.metrics import NO_TUMOUR
 from device.preprocess import ImageError
 from device.runtime import Classifier
+from experiments import open_model
 
 
 def auroc(score: np.ndarray, positive: np.ndarray) -> float | None:
@@ -71,7 +72,9 @@ def main(argv=None) -> int:
     if not (run / "split.json").is_file() or not root.is_dir():
         print(f"error: need {run}/split.json and the folder {root}", file=sys.stderr)
         return 2
-    student, teacher = Classifier(a.student), Classifier(a.teacher)
+    student, teacher = open_model(a.student), open_model(a.teacher)
+    if student is None or teacher is None:
+        return 2
     classes = student.labels
     val = [(q, Path(q).parent.name) for q in json.loads((run / "split.json").read_text())["val"]]
     groups = {"validation (in-house)": val}

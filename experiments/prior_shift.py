@@ -16,11 +16,10 @@ import numpy as np
 
 from bench.external import sources
 from device.bench import labelled
-from device.metadata import ModelError
 from device.metrics import NO_TUMOUR
 from device.preprocess import ImageError
 from device.priors import adjust, em_priors
-from device.runtime import Classifier
+from experiments import open_model
 
 
 def half(path: str) -> int:
@@ -42,13 +41,10 @@ def main(argv=None) -> int:
     if not root.is_dir():
         print(f"error: --data {root}: no such folder", file=sys.stderr)
         return 2
-    try:
-        clf = Classifier(a.model)
-    except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
+    clf = open_model(a.model)
+    if clf is None:
         return 2
     no = clf.labels.index(NO_TUMOUR)
-    train_prior = np.full(len(clf.labels), 1 / len(clf.labels))
     items = labelled(root)
     by_source: dict[str, list] = {}
     for item, src in zip(items, sources(root, items)):
@@ -65,10 +61,10 @@ def main(argv=None) -> int:
         h = np.array([r[0] for r in rows])
         probs = np.stack([r[1] for r in rows]).astype(np.float64) + 1e-6
         tumour = np.array([r[2] for r in rows])
-        prior = em_priors(probs[h == 0], train_prior)
+        prior = em_priors(probs[h == 0])   # training prior: uniform (class-balanced)
         ev = h == 1
         before = balanced(probs[ev].argmax(1) != no, tumour[ev])
-        after = balanced(adjust(probs[ev], prior, train_prior).argmax(1) != no, tumour[ev])
+        after = balanced(adjust(probs[ev], prior).argmax(1) != no, tumour[ev])
 
         def fmt(r):
             s = "/".join("-" if v is None else f"{v:.1%}" for v in r[:2])

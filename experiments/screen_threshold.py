@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.metadata import ModelError
 from device.metrics import NO_TUMOUR
-from device.runtime import Classifier
+from experiments import open_model
 
 MIN_SPECIFICITY, GRID = 0.975, 256
 
@@ -27,10 +26,8 @@ def main(argv=None) -> int:
     if not (Path(a.run) / "split.json").is_file():
         print(f"error: --run {a.run} has no split.json", file=sys.stderr)
         return 2
-    try:
-        clf = Classifier(a.model)
-    except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
+    clf = open_model(a.model)
+    if clf is None:
         return 2
     no = clf.labels.index(NO_TUMOUR)
     paths = json.loads((Path(a.run) / "split.json").read_text())["val"]

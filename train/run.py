@@ -37,11 +37,6 @@ def main(argv=None) -> int:
         return 2
 
 
-def views_recipe(cfg: Config) -> dict:
-    from train.views import ViewRecipe
-    return ViewRecipe.parse(cfg.views, cfg.view_recipe).key()
-
-
 def run(cfg: Config) -> int:
     cfg.validate()
     import keras
@@ -97,7 +92,7 @@ def run(cfg: Config) -> int:
     ok = cache.logits.argmax(1) == np.where(cache.lam >= 0.5, la, labels[cache.b])
     results["teacher"]["view_cache"] = {
         "views": int(len(cache.x)), "unlabeled_images": int((labels == -1).sum()), "key": cache.key,
-        "recipe": views_recipe(cfg) if cfg.views else "identity: the training images themselves",
+        "recipe": cache.recipe,
         "seconds": round(seconds["view_cache"], 1),
         "label_agreement_plain": float(ok[plain & (la >= 0) & (la < n_classes)].mean()),
         "label_agreement_mixed": float(ok[~plain & (la >= 0) & (la < n_classes)].mean()) if (~plain).any() else None}

@@ -163,6 +163,7 @@ class ViewCache:
     lam: np.ndarray      # (N*K,) float32: weight of image a
     key: str
     seconds: float = 0.0
+    recipe: dict | str = ""   # what the views are: the ViewRecipe's fields, or a word for the identity views
 
     def soft_labels(self, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """The labels-only twin's targets: mixed one-hot labels (lam * y_a + (1 - lam) * y_b) and a mask of the
@@ -222,7 +223,7 @@ def build(sources: np.ndarray, predict, recipe: ViewRecipe, sizes: tuple[int, in
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     seconds = time.time() - t0
     atomic_write_json(folder / "done.json", {"views": total, "recipe": recipe.key(), "sizes": list(sizes)})
-    return ViewCache(cat["x"], cat["logits"], cat["a"], cat["b"], cat["lam"], key, seconds)
+    return ViewCache(cat["x"], cat["logits"], cat["a"], cat["b"], cat["lam"], key, seconds, recipe.key())
 
 
 def identity(images: np.ndarray, logits: np.ndarray, key: str) -> ViewCache:
@@ -231,7 +232,7 @@ def identity(images: np.ndarray, logits: np.ndarray, key: str) -> ViewCache:
     n = len(images)
     idx = np.arange(n, dtype=np.int32)
     return ViewCache(np.asarray(images, np.uint8), np.asarray(logits, np.float32), idx, idx.copy(),
-                     np.ones(n, np.float32), key)
+                     np.ones(n, np.float32), key, recipe="identity: the training images themselves")
 
 
 def source_size(student: int, teacher: int) -> int:

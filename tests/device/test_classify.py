@@ -183,3 +183,11 @@ def test_tflite_runtime_under_numpy_2_prints_the_fix_or_falls_back(model, tmp_pa
     p = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0 and any(c in p.stdout for c in ("glioma", "meningioma", "notumor", "pituitary")), p.stderr
     assert p.stderr.strip().startswith("note: tflite-runtime was built against numpy 1.x") and "using litert" in p.stderr
+
+
+def test_the_clis_runtime_names_are_the_runtimes_it_can_load():
+    """classify imports nothing heavy at start (a Ctrl-C there is quiet), so it names the runtimes itself."""
+    from device.classify import RUNTIME_NAMES
+    from device.runtime import RUNTIMES
+
+    assert RUNTIME_NAMES == tuple(RUNTIMES)
