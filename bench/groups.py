@@ -75,8 +75,9 @@ def main(argv=None) -> int:
     result = {"command": command_line("bench.groups", argv), "no_tumour_look_groups": np.flatnonzero(look).tolist(),
               "models": {}}
     for name, clf in clfs.items():
-        x = splits.at_size(cfg, clf.size).images.x
-        preds = {s: np.array([clf.assess_pixels(x[i]).probabilities.argmax() for i in ix]) for s, ix in idx.items()}
+        # each file through the model's own preprocessing (its sidecar's contract), not the run's cached pixels
+        paths = splits.images.paths
+        preds = {s: np.array([clf.assess(paths[i]).probabilities.argmax() for i in ix]) for s, ix in idx.items()}
         y = {s: splits.images.labels[ix] for s, ix in idx.items()}
         g = {s: groups.group[ix] for s, ix in idx.items()}
         r = {s: score(preds[s], y[s], g[s], look, classes) for s in idx}
