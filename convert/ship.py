@@ -176,7 +176,9 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
               f"({p['n']} held-out images: accuracy {pct(p['int8']['accuracy'])}, agreement with its float model "
               f"{p['agreement_percent']:.2f}%). Larger and slower than the student (see the speed table); how "
               f"each does on scans from other sources is in that table: `python -m device.classify --model "
-              f"device/models/{v}.tflite scans/`. It has no OOD statistics."]
+              f"device/models/{v}.tflite scans/`. It has no OOD statistics."
+              + (" Beside the student, `python -m device.classify scans/ --second-opinion` runs it on every scan "
+                 "and marks each answer the two disagree on (docs/research.md, Q21)." if v == "teacher_int8" else "")]
     if external:
         L += ["", "## Scans from other sources (evaluation only)", "",
               f"This file is the run's `{meta['run'].get('variant', 'student_int8')}` in the table.", "", external]

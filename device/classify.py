@@ -245,9 +245,9 @@ def build_parser():
                    help="below this top probability the answer is 'uncertain' (0..1)")
     p.add_argument("--reject-ood", action="store_true",
                    help="answer 'uncertain' for scans unlike the training images (out of distribution)")
-    p.add_argument("--second-opinion", metavar="MODEL", nargs="?", const="",
-                   help="also run a second model on every scan (default: the int8 teacher beside --model) and say "
-                        "where the two disagree: it catches most wrong answers (docs/research.md, Q21), at the "
+    p.add_argument("--second-opinion", action="store_true",
+                   help="also run the int8 teacher shipped beside --model (teacher_int8.tflite) on every scan and "
+                        "say where the two disagree: it catches most wrong answers (docs/research.md, Q21), at the "
                         "teacher's cost (about 7x the student's)")
     p.add_argument("--adapt", metavar="DIR", action="append", default=None,
                    help="re-estimate the class priors from this site's unlabeled scans first (files or folders; "
@@ -260,9 +260,9 @@ def build_parser():
 
 
 def second_model(a) -> str | None:
-    """--second-opinion's model: the one named, or the int8 teacher shipped beside --model."""
-    if a.second_opinion is None or a.second_opinion:
-        return a.second_opinion
+    """--second-opinion's model: the int8 teacher shipped beside --model (the API takes any model path)."""
+    if not a.second_opinion:
+        return None
     from device.runtime import PACKAGE_MODEL
 
     return str(Path(a.model or PACKAGE_MODEL).with_name("teacher_int8.tflite"))

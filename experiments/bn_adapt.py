@@ -35,6 +35,15 @@ def adapted(model, x: np.ndarray):
     return clone, len(bns)
 
 
+def cells(model, x: np.ndarray, tumour: np.ndarray, no: int) -> str:
+    """Tumour / no-tumour sensitivity / specificity (balanced) of a float model on x."""
+    import keras
+
+    probs = keras.activations.softmax(model.predict(x.astype(np.float32), batch_size=256, verbose=0))
+    s, sp, bal = balanced(np.asarray(probs).argmax(1) != no, tumour)
+    return " / ".join("-" if v is None else f"{v:.1%}" for v in (s, sp)) + f" ({bal:.1%})"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a float student .keras with its run's student_int8.json beside "
@@ -71,12 +80,8 @@ def main(argv=None) -> int:
         x_adapt, x_eval, tumour = np.stack(xs[0]), np.stack(xs[1]), np.array(ys[1])
         clone, n_bn = adapted(model, x_adapt)
 
-        def cells(m):
-            probs = keras.activations.softmax(m.predict(x_eval.astype(np.float32), batch_size=256, verbose=0))
-            s, sp, bal = balanced(np.asarray(probs).argmax(1) != no, tumour)
-            return " / ".join("-" if v is None else f"{v:.1%}" for v in (s, sp)) + f" ({bal:.1%})"
-
-        print(f"| {src} | {len(x_adapt)} / {len(x_eval)} | {cells(model)} | {cells(clone)} |", flush=True)
+        print(f"| {src} | {len(x_adapt)} / {len(x_eval)} | {cells(model, x_eval, tumour, no)} | "
+              f"{cells(clone, x_eval, tumour, no)} |", flush=True)
     print(f"({n_bn} BatchNorm layers re-estimated per source)")
     return 0
 

@@ -35,7 +35,17 @@ def test_a_teacher_run_is_converted_gated_and_shipped_with_its_teacher(tiny_run,
                                                   "teacher_int8.json", "MODEL_CARD.md"}
     assert "teacher_int8" in (models / "MODEL_CARD.md").read_text()
     scan = next((phantoms / "Testing" / "glioma").iterdir())
+    answers = {}
     for m in ("student_int8", "teacher_int8"):
         c = subprocess.run([sys.executable, "-m", "device.classify", "--json", "--model", str(models / f"{m}.tflite"),
                             str(scan)], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert c.returncode == 0 and json.loads(c.stdout)["label"], (m, c.stderr)
+        answers[m] = json.loads(c.stdout)
+    # the shipped pair as the board runs it: the teacher shipped beside the student gives the second opinion
+    c = subprocess.run([sys.executable, "-m", "device.classify", "--json", "--model",
+                        str(models / "student_int8.tflite"), "--second-opinion", str(scan)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert c.returncode == 0, c.stderr
+    rec, teacher = json.loads(c.stdout), answers["teacher_int8"]["probabilities"]
+    assert rec["second_opinion"] == max(teacher, key=teacher.get)
+    assert rec["agrees"] == (rec["label"] == rec["second_opinion"])

@@ -83,10 +83,12 @@ def test_a_disagreement_is_said_on_the_answers_line(ood_model, model, tmp_path, 
         other = (int(np.argmax(r.probabilities)) + 1) % len(r.probabilities)
         return Assessment(r.probabilities, r.ood_score, r.notes, np.eye(len(r.probabilities), dtype=np.float32)[other])
 
+    for suffix in (".tflite", ".json"):
+        shutil.copy(model.with_suffix(suffix), ood_model.with_name("teacher_int8" + suffix))
     monkeypatch.setattr(Classifier, "second_look", contrary)
-    assert cli.main([str(path), "--model", str(ood_model), "--second-opinion", str(model)]) == 0
+    assert cli.main(["--second-opinion", str(path), "--model", str(ood_model)]) == 0  # a flag: the path stays a path
     line = capsys.readouterr().out.strip()
     assert "the models disagree: check this scan" in line and line.count("\n") == 0
-    assert cli.main([str(path), "--model", str(ood_model), "--second-opinion", str(model), "--json"]) == 0
+    assert cli.main([str(path), "--model", str(ood_model), "--second-opinion", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["agrees"] is False and rec["second_opinion"] != rec["label"]
