@@ -26,6 +26,7 @@ CASES = {
     "experiments.screen_threshold": ["--run", MISSING, "--model", "x.tflite"],
     "experiments.ood_auroc": ["--run", MISSING, "--data", MISSING],
     "experiments.prior_shift": ["--data", MISSING],
+    "experiments.bn_adapt": ["--model", MISSING + "/student.keras", "--data", MISSING],
     "device.classify": ["--model", MISSING + "/m.tflite", "x.png"],
     "device.serve": ["--model", MISSING + "/m.tflite", "--port", "0"],
 }
