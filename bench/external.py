@@ -39,6 +39,15 @@ def sources(root: Path, items) -> list[str]:
     return [table.get(p) or (Path(p).name.split("__")[0] if "__" in Path(p).name else "all") for p, _ in items]
 
 
+def by_source(root: Path, groups: dict | None = None) -> dict[str, list]:
+    """The (path, label) pairs of a class-per-folder tree, grouped by source (added to `groups` if given)."""
+    groups = {} if groups is None else groups
+    items = labelled(root)
+    for item, src in zip(items, sources(root, items)):
+        groups.setdefault(src, []).append(item)
+    return groups
+
+
 def score(labels: list[str], truth: np.ndarray, probs: np.ndarray, ood: np.ndarray | None) -> dict:
     """Tumour (any tumour class) vs no tumour; the 4-class labels given to each true class; the OOD flag."""
     pred = probs.argmax(1)
@@ -89,11 +98,8 @@ def main(argv=None) -> int:
     if why := unfinished(run, ("split.json",)):
         print(f"error: {why}", file=sys.stderr)
         return 2
-    items = labelled(root)
     split = json.loads((run / "split.json").read_text())
-    groups: dict[str, list] = {"in-distribution test split": [(q, Path(q).parent.name) for q in split["test"]]}
-    for item, src in zip(items, sources(root, items)):
-        groups.setdefault(src, []).append(item)
+    groups = by_source(root, {"in-distribution test split": [(q, Path(q).parent.name) for q in split["test"]]})
     cache: dict = {}
 
     def pixels(path, size, contract):

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.external import sources
-from device.bench import labelled
+from bench.external import by_source
 from device.metrics import NO_TUMOUR
 from device.preprocess import ImageError, load_image
 from experiments.prior_shift import balanced, half
@@ -61,13 +60,9 @@ def main(argv=None) -> int:
     model = keras.models.load_model(a.model, compile=False)
     size = int(model.input_shape[1])
     no = meta["labels"].index(NO_TUMOUR)
-    items = labelled(root)
-    by_source: dict[str, list] = {}
-    for item, src in zip(items, sources(root, items)):
-        by_source.setdefault(src, []).append(item)
     print("| source | adaptation / eval images | default: sens. / spec. (balanced) | BN re-estimated |")
     print("|---|---:|---|---|")
-    for src, its in sorted(by_source.items()):
+    for src, its in sorted(by_source(root).items()):
         xs = {0: [], 1: []}
         ys = {0: [], 1: []}
         for path, label in its:

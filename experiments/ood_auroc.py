@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.external import sources
-from device.bench import labelled
+from bench.external import by_source
 from device.metrics import NO_TUMOUR
 from device.preprocess import ImageError
 from device.runtime import Classifier
@@ -79,10 +78,7 @@ def main(argv=None) -> int:
         return 2
     classes = student.labels
     val = [(q, Path(q).parent.name) for q in json.loads((run / "split.json").read_text())["val"]]
-    groups = {"validation (in-house)": val}
-    items = labelled(root)
-    for item, src in zip(items, sources(root, items)):
-        groups.setdefault(src, []).append(item)
+    groups = by_source(root, {"validation (in-house)": val})
     table, pooled = {}, {}
     for name, its in groups.items():
         labels, p, cand = scores(student, teacher, its)

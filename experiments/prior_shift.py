@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.external import sources
-from device.bench import labelled
+from bench.external import by_source
 from device.metrics import NO_TUMOUR
 from device.preprocess import ImageError
 from device.priors import adjust, em_priors
@@ -45,13 +44,9 @@ def main(argv=None) -> int:
     if clf is None:
         return 2
     no = clf.labels.index(NO_TUMOUR)
-    items = labelled(root)
-    by_source: dict[str, list] = {}
-    for item, src in zip(items, sources(root, items)):
-        by_source.setdefault(src, []).append(item)
     print("| source | eval images | EM priors (adaptation half) | sens. / spec. (balanced), default | adapted |")
     print("|---|---:|---|---|---|")
-    for src, its in sorted(by_source.items()):
+    for src, its in sorted(by_source(root).items()):
         rows = []
         for path, label in its:
             try:
