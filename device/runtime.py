@@ -377,7 +377,7 @@ class Classifier:
         probs = []
         for s in sources:
             try:
-                probs.append(self.assess(s).probabilities)
+                probs.append(self.assess_pixels(*self.model_input(s)).probabilities)  # (no second opinion)
             except ImageError:
                 continue
         if not probs:
