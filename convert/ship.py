@@ -135,7 +135,9 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
         "one, windowed), EXIF orientation, grayscale, "
         + ("cropped to the head's bounding box (largest bright region of a blurred thumbnail, 3% margin) and "
            "stretched to the square" if meta["preprocess"]["contract_version"] >= 2 else "pad to square with black")
-        + ", bilinear resize, uint8. Training used the identical function.", "",
+        + ", bilinear resize"
+        + (", then the head's grey levels standardised (mean 128, sd 40)" if meta["preprocess"]["contract_version"] >= 3
+           else "") + ", uint8. Training used the identical function.", "",
         f"## Metrics (held-out test split, {parity['n']} images)", "",
         "| model | accuracy | macro-F1 |", "|---|---:|---:|",
         f"| teacher: {teacher_name(manifest)} (Keras float) | "

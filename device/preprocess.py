@@ -12,9 +12,10 @@ image: caches and model metadata carry it, and the device applies the contract a
       224x224 squares by their redistributors and their head fills 68 to 90% of the frame depending on the class;
       real scans come at other aspect ratios and framings. Cropping to the head gives every scan one framing, so
       neither the frame nor the aspect ratio can stand in for the class (docs/research.md, Q11).
-  v3: v2, then the head's grey levels equalised (`standardise`): the no-tumour class's source is brighter (head
-      mean ~101 grey levels against 70 to 81 for the tumour classes), so any monotone intensity curve (window,
-      gamma, contrast, brightness) is mapped to one, and brightness cannot stand in for the class (Q24).
+  v3: v2, then the head's grey levels standardised (`standardise`): mean 128, sd 40. The no-tumour class's source
+      is brighter (head mean ~101 grey levels against 70 to 81 for the tumour classes) and each source has its
+      own window, so brightness and contrast cannot stand in for the class; the histogram's shape is kept (full
+      equalisation cost 2.5 points in distribution; docs/research.md, Q24).
 
 Memory is bounded by the pixel-count check, never by what a header claims: no
 buffer grows with max(width, height)^2, and wide 16-bit or transparent images
@@ -32,8 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
-CONTRACT_VERSION = 2          # what training writes now
-CONTRACTS = (1, 2, 3)         # what the device can apply (a v1 or v2 model keeps working)
+CONTRACT_VERSION = 3          # what training writes now
+CONTRACTS = (1, 2, 3)         # what the device can apply (v1 and v2 models keep working)
 PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Picture formats this device no longer reads (each decoder had a worst case of its own: TIFF tile and strip tables,
 # BMP run lengths): such a file gets one line asking for PNG, not "not an image".
@@ -60,6 +61,8 @@ HEAD_LEVEL = 0.10
 HEAD_FLOOR = 8
 MIN_HEAD = 0.01
 HEAD_MARGIN = 0.03            # of the box's longer side, on every side
+# v3: the head's grey levels after standardise (the mean and sd of its pixels above the head level)
+HEAD_MEAN, HEAD_SD = 128.0, 40.0
 DICOM_MAGIC_OFFSET = 128
 # The decoders a scan can arrive in (Pillow's names); any other format is "not an image". Every file given by path
 # on the board is decoded inside OS limits (device/isolate.py); the checks here keep ordinary cases cheap.
@@ -426,10 +429,9 @@ def to_model_input(img: Image.Image, size: int, contract: int = CONTRACT_VERSION
 
 
 def standardise(x: np.ndarray) -> np.ndarray:
-    """Contract v3: the head's grey levels equalised, on the model-size image. Head pixels are those above the
-    head level (as head_box: HEAD_LEVEL of the 99th percentile, at least HEAD_FLOOR); each grey level v of the
-    head maps to 1 + 254 * its mid-rank among the head's pixels, everything darker to 0. Integer arithmetic only,
-    so training and every board give the same bytes."""
+    """Contract v3: the head's pixels (above the head level, as head_box: HEAD_LEVEL of the 99th percentile, at
+    least HEAD_FLOOR) mapped linearly to mean HEAD_MEAN and sd HEAD_SD, everything darker to 0. The map is a
+    256-entry table computed in float64 (IEEE arithmetic: the same bytes on every board)."""
     flat = x.ravel()
     if not flat.size:
         return x
@@ -438,10 +440,14 @@ def standardise(x: np.ndarray) -> np.ndarray:
     level = max(HEAD_FLOOR, p99 * round(HEAD_LEVEL * 100) // 100)
     hist = np.bincount(flat[flat > level], minlength=256).astype(np.int64)
     n = int(hist.sum())
-    if n == 0:
+    if n < 2:
         return x
-    upto = np.cumsum(hist)
-    lut = 1 + ((upto - hist + upto) * 254 + n) // (2 * n)   # mid-rank (below + half of its own), rounded
+    v = np.arange(256, dtype=np.int64)
+    mean = float((hist * v).sum()) / n
+    var = float((hist * (v - mean) ** 2).sum()) / n
+    if not var > 0:
+        return x
+    lut = np.clip(np.round(HEAD_MEAN + HEAD_SD * (v - mean) / np.sqrt(var)), 1, 255)
     lut[:level + 1] = 0
     return lut.astype(np.uint8)[x]
 

@@ -151,7 +151,7 @@ def render_view(sources: np.ndarray, i: int, seed: int, recipe: ViewRecipe, size
             o += weight * _render(src, s, geo, photo)
     b, lam = (parts[1][0], parts[0][1]) if len(parts) > 1 else (a, 1.0)
     views = [np.round(o).astype(np.uint8) for o in out]
-    if CONTRACT_VERSION >= 3:  # a view is a scan as the board would see it: its head's grey levels equalised last
+    if CONTRACT_VERSION >= 3:  # a view is a scan as the board would see it: its head's grey levels standardised last
         views = [standardise(v) for v in views]
     return views, (a, b, lam)
 
