@@ -61,8 +61,7 @@ def make_metadata(*, model_path, labels, input_size, input_dtype, input_quant, o
                   "quantization": input_quant},
         "output": {"dtype": output_dtype, "quantization": output_quant, "kind": output_kind},
         "preprocess": {"contract_version": CONTRACT_VERSION, "color": "grayscale",
-                       "resize": "head crop, stretched to the square, bilinear",
-                       "pixels": "uint8 0..255" + (", head standardised" if CONTRACT_VERSION >= 3 else "")},
+                       "resize": "head crop, stretched to the square, bilinear", "pixels": "uint8 0..255"},
         "run": run or {},
         "metrics": metrics or {},
     }
