@@ -81,7 +81,7 @@ def test_signed_16_bit_without_window_tags_uses_a_robust_window(tmp_path):
 def test_multi_frame_takes_the_middle_frame_and_says_so(tmp_path):
     frames = np.stack([np.full((30, 30), v, np.uint16) for v in (0, 0, 900, 0)])
     frames[2, :15] = 100
-    a, notes = load_scan(make_dicom(tmp_path / "m.dcm", frames), 30)
+    a, notes = load_scan(make_dicom(tmp_path / "m.dcm", frames), 30, contract=2)  # (the window, unstandardised)
     assert a.max() == 255 and a.min() == 0  # frame 2 of 0..3: the only one with structure
     assert notes == ["multi-frame DICOM: frame 3 of 4 (the middle one) classified"]
 
