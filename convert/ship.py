@@ -144,7 +144,7 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
         f"{pct(res['teacher']['test']['accuracy'])} | "
         f"{res['teacher']['test']['macro_f1']:.4f} |",
         f"| student, no distillation (Keras float) | {pct(res['baseline']['test']['accuracy'])} | "
-        f"{res['baseline']['test']['macro_f1']:.4f} |" if "baseline" in res else "",
+        f"{res['baseline']['test']['macro_f1']:.4f} |" if "baseline" in res else None,
         f"| student, distilled (Keras float) | {pct(res['student']['test']['accuracy'])} | "
         f"{res['student']['test']['macro_f1']:.4f} |",
         f"| **{'student, distilled' if parity['float_model'] == 'student' else 'student, no distillation'}, int8 "

@@ -33,7 +33,10 @@ def test_a_teacher_run_is_converted_gated_and_shipped_with_its_teacher(tiny_run,
     assert variants["teacher_int8"]["parity"]["report"] == "parity_teacher_int8.json"
     assert {f.name for f in models.iterdir()} == {"student_int8.tflite", "student_int8.json", "teacher_int8.tflite",
                                                   "teacher_int8.json", "MODEL_CARD.md"}
-    assert "teacher_int8" in (models / "MODEL_CARD.md").read_text()
+    card = (models / "MODEL_CARD.md").read_text()
+    assert "teacher_int8" in card
+    metrics = card.split("| model | accuracy | macro-F1 |")[1].split("\n\n")[0]   # one unbroken table, no twin row
+    assert metrics.count("\n| ") == 3 and "no distillation" not in metrics, metrics  # teacher, float, int8
     scan = next((phantoms / "Testing" / "glioma").iterdir())
     answers = {}
     for m in ("student_int8", "teacher_int8"):
