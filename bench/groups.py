@@ -43,6 +43,17 @@ def score(pred: np.ndarray, y: np.ndarray, g: np.ndarray, look: np.ndarray, clas
             "worst_cell": {"cell": worst, **big[worst]} if worst else None, "cells": cells}
 
 
+def cell_table(cells: dict, classes: list[str], n_groups: int) -> str:
+    """Markdown: one row per class, one column per group, "recall (images)" in each cell."""
+    head = "| class | " + " | ".join(f"g{j}" for j in range(n_groups)) + " |"
+    rows = [head, "|---|" + "---:|" * n_groups]
+    for c in classes:
+        rows.append(f"| {c} | " + " | ".join(
+            f"{cells[f'{c}:g{j}']['recall']:.1%} ({cells[f'{c}:g{j}']['n']})" if f"{c}:g{j}" in cells else "-"
+            for j in range(n_groups)) + " |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     from train.config import Config, ConfigError
     from train.data import DataError, prepare
@@ -90,6 +101,10 @@ def main(argv=None) -> int:
         tl, w = r["pooled"]["tumours_in_no_tumour_look"], r["pooled"]["worst_cell"]
         rows.append(f"| {name} | {r['val']['accuracy']:.2%} | {r['test']['accuracy']:.2%} | "
                     f"{tl['found']:.1%} of {tl['n']} | {w['cell']}: {w['recall']:.1%} of {w['n']} |")
+    rows += ["", f"Recall per (class, style group) of `{Path(next(iter(result['models']))).name}`, validation and test "
+             f"pooled (groups {', '.join(f'g{j}' for j in result['no_tumour_look_groups'])} have the no-tumour look):",
+             "", cell_table(next(iter(result["models"].values()))["pooled"]["cells"], classes, groups.n), "",
+             f"Command: `{result['command']}`."]
     write_report(Path(args.out), "groups", result, "\n".join(rows) + "\n")
     return 0
 

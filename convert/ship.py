@@ -97,7 +97,7 @@ def calibration_line(meta, parity) -> str:
             f"{t['test_ece_after']:.2%} after (float), int8 {parity['int8']['ece']:.2%}.")
 
 
-def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> str:
+def model_card(manifest, parity, meta, bench=None, external=None, also=None, groups=None) -> str:
     d, res = manifest["data_report"], manifest["results"]
     ed, leak = d["exact_duplicates"], d["leakage"]
     counts = ", ".join(f"{c} {n:,}" for c, n in d["count_per_class"].items())
@@ -184,6 +184,10 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
     if external:
         L += ["", "## Scans from other sources (evaluation only)", "",
               f"This file is the run's `{meta['run'].get('variant', 'student_int8')}` in the table.", "", external]
+    if groups:
+        L += ["", "## Style groups (in-house)", "",
+              "The source shortcut measured on the training data alone (docs/research.md, Q19): k-means groups of "
+              "generic ImageNet features, fitted on the training split.", "", groups]
     if bench:
         L += ["", "## Speed and size", "", bench]
     L += ["", "## Limitations",
@@ -193,9 +197,11 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None) -> 
           "  elsewhere it is less accurate (see the table of other sources above, when present).",
           "- Grayscale 2-D slices only (axial, coronal, sagittal mixed); no 3-D volumes, no other tumour types.",
           "  The out-of-distribution flag catches many unfamiliar scans, not all, and it does not flag likely-wrong",
-          "  answers (docs/research.md, Q21): a confident label is not proof.",
-          "- The no-tumour class comes almost all from one collection: its own tumour scans are often called \"no",
-          "  tumour\" (docs/research.md, Q19), and the flag does not catch those misses.",
+          "  answers; `--second-opinion` catches most of those in-house (docs/research.md, Q21). A confident label",
+          "  is not proof.",
+          "- The no-tumour class comes almost all from one collection: the models learn its look, and earlier models",
+          "  called many of its tumour scans \"no tumour\" (docs/research.md, Q19). Contract v3 standardises the grey",
+          "  levels that differ by source (Q24); figures on that collection's tumour scans are not measured here.",
           "- Figures come from one run and one seed unless stated; see README for the KD ablation."]
     return "\n".join(x for x in L if x is not None) + "\n"
 
@@ -238,6 +244,8 @@ def main(argv=None) -> int:
     bench = bench_md.read_text() if bench_md.is_file() else None
     external_md = run / "bench" / "external.md"
     external = external_md.read_text() if external_md.is_file() else None
+    groups_md = run / "bench" / "groups.md"
+    groups = groups_md.read_text() if groups_md.is_file() else None
     # Always installed under the name the device loads by default.
     atomic_write_bytes(dest / "student_int8.tflite", (run / f"{a.model}.tflite").read_bytes())
     atomic_write_json(dest / "student_int8.json", meta)
@@ -250,7 +258,7 @@ def main(argv=None) -> int:
             old.unlink()
             old.with_suffix(".json").unlink(missing_ok=True)
     # portable(): reports written before commands were recorded portably may still hold this machine's paths
-    card = portable(model_card(manifest, parity, meta, bench, external, {v: x[1] for v, x in also.items()}))
+    card = portable(model_card(manifest, parity, meta, bench, external, {v: x[1] for v, x in also.items()}, groups))
     atomic_write_bytes(dest / "MODEL_CARD.md", card.encode())
     read_metadata(dest / "student_int8.tflite")  # the shipped pair verifies
     print(f"shipped {run}/{a.model}.tflite -> {dest}/student_int8.tflite (with .json, MODEL_CARD.md)")

@@ -37,3 +37,21 @@ def test_bench_groups_scores_the_tumours_in_the_no_tumour_look_and_the_worst_cel
     r = score(pred, y, g, look, classes)
     assert r["tumours_in_no_tumour_look"] == {"n": 10, "found": 0.6}
     assert r["worst_cell"]["cell"] == "glioma:g1" and r["worst_cell"]["recall"] == 0.6
+
+
+def test_style_groups_see_the_files_looks_not_the_models_standardised_pixels(phantoms, tmp_path, monkeypatch):
+    """The groups describe the data (Q19), so they are taken from contract-v2 pixels, whatever contract training
+    writes: under v3 the brightness that sets the collections apart is standardised away."""
+    import train.groups as groups
+    from device.preprocess import CONTRACT_VERSION, load_image
+    from tests.conftest import tiny_config
+    from train.data import prepare
+
+    cfg = tiny_config(phantoms, tmp_path)
+    splits = prepare(cfg)
+    seen = []
+    monkeypatch.setattr(groups, "style_features", lambda x, cache_dir: seen.append(x) or np.eye(len(x), 8))
+    groups.style_groups(splits, cfg, k=2)
+    first = splits.images.paths[0]
+    assert groups.STYLE_CONTRACT == 2 and CONTRACT_VERSION != groups.STYLE_CONTRACT
+    assert np.array_equal(seen[0][0], load_image(first, groups.FEATURE_SIZE, contract=2))

@@ -80,10 +80,10 @@ class Images:
         return len(self.classes)
 
 
-def load_sources(folders: list[str], size: int, cache_dir="artifacts/cache") -> Images:
+def load_sources(folders: list[str], size: int, cache_dir="artifacts/cache", contract=CONTRACT_VERSION) -> Images:
     """One folder, or several combined: each a source of its own, fully labelled (the same classes in each) or
     weakly labelled (only tumor/ and notumor/)."""
-    parts = [load_folder(f, size, cache_dir) for f in folders]
+    parts = [load_folder(f, size, cache_dir, contract) for f in folders]
     if len(parts) == 1:
         return dataclasses.replace(parts[0], source=np.zeros(len(parts[0].labels), np.int32), sources=folders)
     full = [p for p in parts if p.classes != WEAK_CLASSES]
@@ -108,9 +108,9 @@ def load_sources(folders: list[str], size: int, cache_dir="artifacts/cache") -> 
                   list(folders), [p.root for p in weak])
 
 
-def load_folder(root, size: int, cache_dir="artifacts/cache") -> Images:
+def load_folder(root, size: int, cache_dir="artifacts/cache", contract=CONTRACT_VERSION) -> Images:
     classes, items = scan_folder(root)
-    return _load_items(root, classes, items, size, cache_dir)
+    return _load_items(root, classes, items, size, cache_dir, contract)
 
 
 def load_unlabeled(folders: list[str], size: int, cache_dir="artifacts/cache") -> Images:
@@ -130,12 +130,13 @@ def load_unlabeled(folders: list[str], size: int, cache_dir="artifacts/cache") -
                   sum((p.skipped for p in parts), []), all(p.cache_hit for p in parts))
 
 
-def _load_items(root, classes: list[str], items: list[tuple[Path, int]], size: int, cache_dir) -> Images:
+def _load_items(root, classes: list[str], items: list[tuple[Path, int]], size: int, cache_dir,
+                contract=CONTRACT_VERSION) -> Images:
     digests = []
     for p, _ in items:
         digests.append(hashlib.sha256(p.read_bytes()).hexdigest())
     key = hashlib.sha256(json.dumps(
-        [CONTRACT_VERSION, size, "thumbs-v1", [(str(p.relative_to(root)), c, d) for (p, c), d in zip(items, digests)]]
+        [contract, size, "thumbs-v1", [(str(p.relative_to(root)), c, d) for (p, c), d in zip(items, digests)]]
     ).encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"images-{key}.npz"
     if cache.is_file():
@@ -147,7 +148,7 @@ def _load_items(root, classes: list[str], items: list[tuple[Path, int]], size: i
     for (p, c), d in zip(items, digests):
         try:
             img, _ = decode_scan(p)
-            xs.append(to_model_input(img, size))
+            xs.append(to_model_input(img, size, contract))
             # Near-duplicate thumbnails from the whole frame (contract v1), not the head crop: the crop box can
             # move by a pixel between two encodings of one image, which would hide a leak.
             thumbs.append(to_model_input(img, THUMB * 4, contract=1))
@@ -239,12 +240,12 @@ class Splits:
     def classes(self):
         return self.images.classes
 
-    def at_size(self, cfg, size: int) -> "Splits":
-        """The same files, split and order, decoded at another size (the teacher's)."""
-        if size == self.images.x.shape[1]:
+    def at_size(self, cfg, size: int, contract: int = CONTRACT_VERSION) -> "Splits":
+        """The same files, split and order, decoded at another size (the teacher's) or preprocessing contract."""
+        if size == self.images.x.shape[1] and contract == CONTRACT_VERSION:
             return self
-        imgs = load_sources(cfg.data_folders, size, cfg.cache_dir)
-        timgs = load_folder(cfg.test_data, size, cfg.cache_dir) if cfg.test_data else imgs
+        imgs = load_sources(cfg.data_folders, size, cfg.cache_dir, contract)
+        timgs = load_folder(cfg.test_data, size, cfg.cache_dir, contract) if cfg.test_data else imgs
         return dataclasses.replace(self, images=imgs, test_images=timgs)
 
 

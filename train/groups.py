@@ -29,6 +29,7 @@ from device.atomic import atomic_write_bytes
 
 GROUPS = 6          # k-means clusters: enough to split the collections, few enough for cells of tens of images
 FEATURE_SIZE = 128  # the teacher's input side: the features the teacher starts from
+STYLE_CONTRACT = 2  # the looks as the files hold them: v3 standardises away the brightness that sets them apart
 
 
 @dataclass
@@ -85,7 +86,7 @@ def assign(f: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 def style_groups(splits, cfg, k: int = GROUPS) -> StyleGroups:
     """Groups for every image of a Splits: clusters fitted on its training split at the teacher's input size."""
-    s = splits.at_size(cfg, FEATURE_SIZE)
+    s = splits.at_size(cfg, FEATURE_SIZE, STYLE_CONTRACT)
     feats = style_features(s.images.x, cfg.cache_dir)
     centres = kmeans(feats[splits.train], k, cfg.split_seed)
     group = assign(feats, centres)

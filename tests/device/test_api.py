@@ -48,7 +48,8 @@ def test_the_device_frames_a_scan_by_the_contract_its_sidecar_names(model, tmp_p
     Image.fromarray(canvas).save(tmp_path / "scan.png")
     clf = Classifier(model)
     size = clf.size
-    own, other = load_image(tmp_path / "scan.png", size, contract), load_image(tmp_path / "scan.png", size, 2 if contract != 2 else 1)
+    other_contract = 2 if contract != 2 else 1
+    own, other = load_image(tmp_path / "scan.png", size, contract), load_image(tmp_path / "scan.png", size, other_contract)
     assert not np.array_equal(own, other)
     assert np.array_equal(clf.probabilities(tmp_path / "scan.png"), clf.predict_pixels(own))
     assert np.array_equal(clf.probabilities(canvas), clf.predict_pixels(own))
