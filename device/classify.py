@@ -248,7 +248,7 @@ def build_parser():
     p.add_argument("--second-opinion", action="store_true",
                    help="also run the int8 teacher shipped beside --model (teacher_int8.tflite) on every scan and "
                         "say where the two disagree: it catches most wrong answers (docs/research.md, Q21), at the "
-                        "teacher's cost (about 7x the student's)")
+                        "teacher's cost (about 9x the student's inference)")
     p.add_argument("--adapt", metavar="DIR", action="append", default=None,
                    help="re-estimate the class priors from this site's unlabeled scans first (files or folders; "
                         "repeatable), and answer under them (docs/research.md, Q23)")

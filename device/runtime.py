@@ -62,7 +62,7 @@ class ClassifierOptions:
     decode_seconds: float = DECODE_CPU_SECONDS
     # A second model (e.g. the int8 teacher shipped beside the student) run on every scan: where the two top
     # answers differ, Assessment.agrees is False. It catches the student's wrong answers far better than the OOD
-    # score (docs/research.md, Q21), at the second model's cost per scan (the teacher: about 7x the student's).
+    # score (docs/research.md, Q21), at the second model's cost per scan (the teacher: about 9x the student's inference).
     second_opinion: str | os.PathLike | None = None
 
     def validate(self) -> None:
