@@ -12,6 +12,9 @@ image: caches and model metadata carry it, and the device applies the contract a
       224x224 squares by their redistributors and their head fills 68 to 90% of the frame depending on the class;
       real scans come at other aspect ratios and framings. Cropping to the head gives every scan one framing, so
       neither the frame nor the aspect ratio can stand in for the class (docs/research.md, Q11).
+  v3: v2, then the head's grey levels equalised (`standardise`): the no-tumour class's source is brighter (head
+      mean ~101 grey levels against 70 to 81 for the tumour classes), so any monotone intensity curve (window,
+      gamma, contrast, brightness) is mapped to one, and brightness cannot stand in for the class (Q24).
 
 Memory is bounded by the pixel-count check, never by what a header claims: no
 buffer grows with max(width, height)^2, and wide 16-bit or transparent images
@@ -30,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 CONTRACT_VERSION = 2          # what training writes now
-CONTRACTS = (1, 2)            # what the device can still apply (a v1 model keeps working)
+CONTRACTS = (1, 2, 3)         # what the device can apply (a v1 or v2 model keeps working)
 PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Picture formats this device no longer reads (each decoder had a worst case of its own: TIFF tile and strip tables,
 # BMP run lengths): such a file gets one line asking for PNG, not "not an image".
@@ -410,7 +413,8 @@ def to_model_input(img: Image.Image, size: int, contract: int = CONTRACT_VERSION
             img = img.crop(box)
         if img.size != (size, size):
             img = img.resize((size, size), RESAMPLE)
-        return np.asarray(img, dtype=np.uint8).copy()
+        x = np.asarray(img, dtype=np.uint8).copy()
+        return standardise(x) if contract >= 3 else x
     side = max(w, h)
     if w != h:
         square = Image.new("L", (side, side), 0)
@@ -419,6 +423,27 @@ def to_model_input(img: Image.Image, size: int, contract: int = CONTRACT_VERSION
     if side != size:
         img = img.resize((size, size), RESAMPLE)
     return np.asarray(img, dtype=np.uint8).copy()
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+    """Contract v3: the head's grey levels equalised, on the model-size image. Head pixels are those above the
+    head level (as head_box: HEAD_LEVEL of the 99th percentile, at least HEAD_FLOOR); each grey level v of the
+    head maps to 1 + 254 * its mid-rank among the head's pixels, everything darker to 0. Integer arithmetic only,
+    so training and every board give the same bytes."""
+    flat = x.ravel()
+    if not flat.size:
+        return x
+    k = flat.size * 99 // 100
+    p99 = int(np.partition(flat, k)[k])
+    level = max(HEAD_FLOOR, p99 * round(HEAD_LEVEL * 100) // 100)
+    hist = np.bincount(flat[flat > level], minlength=256).astype(np.int64)
+    n = int(hist.sum())
+    if n == 0:
+        return x
+    upto = np.cumsum(hist)
+    lut = 1 + ((upto - hist + upto) * 254 + n) // (2 * n)   # mid-rank (below + half of its own), rounded
+    lut[:level + 1] = 0
+    return lut.astype(np.uint8)[x]
 
 
 def load_scan(path, size: int, contract: int = CONTRACT_VERSION) -> tuple[np.ndarray, list[str]]:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from device.atomic import atomic_write_bytes, atomic_write_json
-from device.preprocess import RESAMPLE
+from device.preprocess import CONTRACT_VERSION, RESAMPLE, standardise
 
 SHARD = 2048           # views per shard file (the unit a killed build resumes from)
 SOURCE_SCALE = 1.5     # the source render is this much larger than the larger of the two view sizes
@@ -150,7 +150,10 @@ def render_view(sources: np.ndarray, i: int, seed: int, recipe: ViewRecipe, size
         for o, s in zip(out, sizes):
             o += weight * _render(src, s, geo, photo)
     b, lam = (parts[1][0], parts[0][1]) if len(parts) > 1 else (a, 1.0)
-    return [np.round(o).astype(np.uint8) for o in out], (a, b, lam)
+    views = [np.round(o).astype(np.uint8) for o in out]
+    if CONTRACT_VERSION >= 3:  # a view is a scan as the board would see it: its head's grey levels equalised last
+        views = [standardise(v) for v in views]
+    return views, (a, b, lam)
 
 
 @dataclass

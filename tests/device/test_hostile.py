@@ -91,7 +91,7 @@ def test_a_corrupt_model_with_a_matching_hash_is_one_line_not_a_crash(model, tmp
     ("sha256", 123, "'sha256' must be 64"),
     ("preprocess", {"contract_version": "1"}, "'preprocess.contract_version' must be an integer"),
     ("preprocess", {}, "'preprocess.contract_version' must be an integer"),
-    ("preprocess", {"contract_version": 3}, "built for preprocessing contract v3, this device code implements v1, v2"),
+    ("preprocess", {"contract_version": 4}, "built for preprocessing contract v4, this device code implements v1, v2, v3"),
 ])
 def test_a_sidecar_with_wrong_types_is_one_line_naming_the_field(model, tmp_path, field, value, says):
     meta = json.loads(model.with_suffix(".json").read_text())
