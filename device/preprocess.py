@@ -426,10 +426,9 @@ def to_model_input(img: Image.Image, size: int, contract: int = CONTRACT_VERSION
 
 
 def standardise(x: np.ndarray) -> np.ndarray:
-    """Contract v3: the head's grey levels equalised, on the model-size image. Head pixels are those above the
-    head level (as head_box: HEAD_LEVEL of the 99th percentile, at least HEAD_FLOOR); each grey level v of the
-    head maps to 1 + 254 * its mid-rank among the head's pixels, everything darker to 0. Integer arithmetic only,
-    so training and every board give the same bytes."""
+    """Contract v3 (v3b): the head's pixels (above the head level, as head_box) mapped linearly to mean 128 and
+    sd 40, everything darker to 0, through a 256-entry table computed in float64 (IEEE, the same bytes on every
+    board)."""
     flat = x.ravel()
     if not flat.size:
         return x
@@ -438,10 +437,14 @@ def standardise(x: np.ndarray) -> np.ndarray:
     level = max(HEAD_FLOOR, p99 * round(HEAD_LEVEL * 100) // 100)
     hist = np.bincount(flat[flat > level], minlength=256).astype(np.int64)
     n = int(hist.sum())
-    if n == 0:
+    if n < 2:
         return x
-    upto = np.cumsum(hist)
-    lut = 1 + ((upto - hist + upto) * 254 + n) // (2 * n)   # mid-rank (below + half of its own), rounded
+    v = np.arange(256, dtype=np.int64)
+    mean = float((hist * v).sum()) / n
+    var = float((hist * (v - mean) ** 2).sum()) / n
+    if not var > 0:
+        return x
+    lut = np.clip(np.round(128.0 + 40.0 * (v - mean) / np.sqrt(var)), 1, 255)
     lut[:level + 1] = 0
     return lut.astype(np.uint8)[x]
 
