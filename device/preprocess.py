@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
-CONTRACT_VERSION = 2          # what training writes now
+CONTRACT_VERSION = 3          # what training writes now
 CONTRACTS = (1, 2, 3)         # what the device can apply (a v1 or v2 model keeps working)
 PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Picture formats this device no longer reads (each decoder had a worst case of its own: TIFF tile and strip tables,
