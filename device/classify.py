@@ -245,6 +245,10 @@ def build_parser():
                    help="below this top probability the answer is 'uncertain' (0..1)")
     p.add_argument("--reject-ood", action="store_true",
                    help="answer 'uncertain' for scans unlike the training images (out of distribution)")
+    p.add_argument("--second-opinion", metavar="MODEL", nargs="?", const="",
+                   help="also run a second model on every scan (default: the int8 teacher beside --model) and say "
+                        "where the two disagree: it catches most wrong answers (docs/research.md, Q21), at the "
+                        "teacher's cost (about 7x the student's)")
     p.add_argument("--adapt", metavar="DIR", action="append", default=None,
                    help="re-estimate the class priors from this site's unlabeled scans first (files or folders; "
                         "repeatable), and answer under them (docs/research.md, Q23)")
@@ -253,6 +257,15 @@ def build_parser():
                         "class (a fixed 122 interpreter runs an image; about 15 ms on x86)")
     p.add_argument("--verbose", action="store_true", help="show library warnings and, on a crash, the traceback")
     return p
+
+
+def second_model(a) -> str | None:
+    """--second-opinion's model: the one named, or the int8 teacher shipped beside --model."""
+    if a.second_opinion is None or a.second_opinion:
+        return a.second_opinion
+    from device.runtime import PACKAGE_MODEL
+
+    return str(Path(a.model or PACKAGE_MODEL).with_name("teacher_int8.tflite"))
 
 
 def _safe_streams() -> bool:
@@ -276,7 +289,8 @@ def main(argv=None) -> int:
     try:
         a = build_parser().parse_args(argv)
         options = ClassifierOptions(runtime=a.runtime, threads=a.threads, top_k=a.top_k,
-                                    min_confidence=a.min_confidence, reject_ood=a.reject_ood)
+                                    min_confidence=a.min_confidence, reject_ood=a.reject_ood,
+                                    second_opinion=second_model(a))
         options.validate()
     except (UsageError, ValueError) as e:
         print(f"error: {str(e).replace('top_k', '--top-k').replace('min_confidence', '--min-confidence')} "
@@ -340,7 +354,8 @@ def _classify_each(a, options, clf) -> int:
               + ", ".join(f"{c} {p:.2f}" for c, p in zip(clf.labels, priors)), file=sys.stderr)
     if a.csv:
         emit(csv_line(["path", "label", "probability", *clf.labels, "in_distribution", "ood_score", "latency_ms",
-                       "note", "error"] + (["explanation"] if a.explain else [])))
+                       "note", "error"] + (["explanation"] if a.explain else [])
+                      + (["second_opinion", "agrees"] if clf.second else [])))
     n_ok = n_bad = attempted = crashed = 0
     skipped = Skipped()
     for path, problem in expand(a.paths, skipped):
@@ -349,7 +364,7 @@ def _classify_each(a, options, clf) -> int:
         if problem is None:
             try:  # decoded once: the answer and its map (--explain) use the same pixels
                 pixels, decode_notes = clf.model_input(path)
-                result = clf.assess_pixels(pixels, decode_notes)
+                result = clf.second_look(clf.assess_pixels(pixels, decode_notes), path)
             except ImageError as e:
                 problem = str(e)
             except MemoryError:
@@ -366,7 +381,7 @@ def _classify_each(a, options, clf) -> int:
                 emit(json.dumps(json_path(path) | {"error": problem}))
             elif a.csv:
                 emit(csv_line([csv_cell(shown(path)), "", "", *[""] * len(clf.labels), "", "", "", "",
-                               csv_cell(shown(problem))] + ([""] if a.explain else [])))
+                               csv_cell(shown(problem))] + ([""] if a.explain else []) + ["", ""] * bool(clf.second)))
             else:
                 emit(f"{shown(path)}: error: {shown(problem)}", sys.stderr)
             continue
@@ -388,10 +403,15 @@ def _classify_each(a, options, clf) -> int:
             emit(csv_line([csv_cell(shown(path)), label, f"{probs[top]:.4f}", *[f"{v:.4f}" for v in probs],
                            "" if known is None else str(known).lower(), "" if score is None else f"{score:.3f}",
                            f"{ms:.2f}", csv_cell(shown("; ".join(notes))), ""]
-                          + ([csv_cell(shown(explanation or ""))] if a.explain else [])))
+                          + ([csv_cell(shown(explanation or ""))] if a.explain else [])
+                          + ([rec["second_opinion"], str(rec["agrees"]).lower()] if clf.second else [])))
         else:
             if known is False:
                 notes.insert(0, f"unlike the training images (OOD score {score:.2f} > 1)")
+            if result.agrees is False:
+                second = result.second_probabilities
+                notes.insert(0, f"second opinion: {rec['second_opinion']} {second.max():.1%}, the models disagree: "
+                                f"check this scan")
             if explanation:
                 notes.append(f"map: {explanation}")
             top_k = ", ".join(f"{clf.labels[i]} {probs[i]:.1%}" for i in order[: options.top_k])
@@ -412,7 +432,7 @@ def _classify_each(a, options, clf) -> int:
 
 def answer_record(clf, result) -> dict:
     """The answer as --json gives it (and the web page, device/serve.py): label ('uncertain' when the answer rule
-    gives none), its probability, every probability, and the OOD flag and score."""
+    gives none), its probability, every probability, the OOD flag and score, and the second opinion if asked for."""
     from device.metrics import ranked
 
     probs = result.probabilities
@@ -421,7 +441,9 @@ def answer_record(clf, result) -> dict:
     return {"label": answer[0].label if answer else "uncertain",
             "probability": round(float(probs[int(ranked(probs)[0])]), 4),
             "probabilities": {c: round(float(v), 4) for c, v in zip(clf.labels, probs)},
-            "in_distribution": result.in_distribution, "ood_score": score}
+            "in_distribution": result.in_distribution, "ood_score": score} | (
+        {} if result.agrees is None else {"second_opinion": clf.labels[int(ranked(result.second_probabilities)[0])],
+                                          "agrees": result.agrees})
 
 
 def _explain(clf, path, pixels, top: int, out_dir):

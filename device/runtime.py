@@ -12,6 +12,7 @@ tflite-runtime first (Pi OS Bookworm, 32-bit Pi OS), LiteRT (`ai-edge-litert`) w
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import numbers
@@ -59,6 +60,10 @@ class ClassifierOptions:
     isolate: bool = True
     decode_memory_mb: int = DECODE_MEMORY_MB
     decode_seconds: float = DECODE_CPU_SECONDS
+    # A second model (e.g. the int8 teacher shipped beside the student) run on every scan: where the two top
+    # answers differ, Assessment.agrees is False. It catches the student's wrong answers far better than the OOD
+    # score (docs/research.md, Q21), at the second model's cost per scan (the teacher: about 7x the student's).
+    second_opinion: str | os.PathLike | None = None
 
     def validate(self) -> None:
         def integer(v):  # numpy integers too, never bools
@@ -81,6 +86,8 @@ class ClassifierOptions:
         if (not isinstance(self.decode_seconds, numbers.Real) or isinstance(self.decode_seconds, bool)
                 or not 0.1 <= self.decode_seconds <= 3600):
             raise ValueError(f"decode_seconds must be a number from 0.1 to 3600 (got {self.decode_seconds!r})")
+        if self.second_opinion is not None and not isinstance(self.second_opinion, (str, bytes, os.PathLike)):
+            raise ValueError(f"second_opinion must be a model path or None (got {self.second_opinion!r})")
         self.threads = None if self.threads is None else int(self.threads)
         self.top_k, self.min_confidence = int(self.top_k), float(self.min_confidence)
         self.reject_ood, self.isolate = bool(self.reject_ood), bool(self.isolate)
@@ -98,10 +105,18 @@ class Assessment:
     probabilities: np.ndarray
     ood_score: float | None = None   # distance from the training data; > 1: unlike it (None: model has no stats)
     notes: tuple[str, ...] = ()      # what was read (e.g. which DICOM frame)
+    second_probabilities: np.ndarray | None = None   # the second opinion's (options.second_opinion), if asked for
 
     @property
     def in_distribution(self) -> bool | None:
         return None if self.ood_score is None else bool(self.ood_score <= 1.0)
+
+    @property
+    def agrees(self) -> bool | None:
+        """Whether the second opinion's top answer is this one's (None: no second opinion asked for)."""
+        if self.second_probabilities is None:
+            return None
+        return bool(np.argmax(self.second_probabilities) == np.argmax(self.probabilities))
 
 
 def _numpy_abi_error(e: BaseException) -> bool:
@@ -252,6 +267,14 @@ class Classifier:
         if self.options.reject_ood and self.ood is None:
             raise ModelError(f"{self.model_path.name} has no out-of-distribution statistics, so it cannot reject "
                              f"scans unlike its training data (convert it again with this release)")
+        self.second = None
+        if self.options.second_opinion is not None:
+            o = self.options
+            self.second = Classifier(o.second_opinion, ClassifierOptions(runtime=o.runtime, threads=o.threads,
+                                                                         isolate=False), quiet=quiet)
+            if self.second.labels != self.labels:
+                raise ModelError(f"second opinion {self.second.model_path.name}: its labels {self.second.labels} "
+                                 f"are not this model's {self.labels}")
 
     def _open(self, quiet: bool):
         """An allocated interpreter from the first runtime that can run this model here."""
@@ -362,24 +385,26 @@ class Classifier:
         self.priors = em_priors(np.stack(probs))
         return self.priors, len(probs)
 
-    def decode(self, path) -> tuple[np.ndarray, list[str]]:
-        """A file -> the model's input pixels and notes, in the limited worker (options.isolate) or here."""
+    def decode(self, path, model: "Classifier | None" = None) -> tuple[np.ndarray, list[str]]:
+        """A file -> the input pixels of `model` (default: this one) and notes, in the limited worker
+        (options.isolate) or here. The second opinion's files go through this model's worker too."""
+        model = model or self
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         if not str(path):
             raise ImageError("empty path")
         if not self.options.isolate:
-            return load_scan(path, self.size, self.contract)
+            return load_scan(path, model.size, model.contract)
         with self._lock:
             if self._worker is None:
                 self._worker = DecodeWorker(self.options.decode_memory_mb, self.options.decode_seconds,
                                             max(2.0 * self.options.decode_seconds, 5.0))
-        pixels, notes, printed = self._worker.decode(path, self.size, self.contract)
+        pixels, notes, printed = self._worker.decode(path, model.size, model.contract)
         return pixels, notes + ([f"decoder: {printed}"] if printed else [])
 
     def close(self) -> None:
         """Stop the decoding worker (a later file starts it again)."""
-        if self._worker is not None:
+        if getattr(self, "_worker", None) is not None:
             self._worker.close()
 
     def __enter__(self):
@@ -411,18 +436,27 @@ class Classifier:
     def assess(self, source) -> Assessment:
         """source: an image or DICOM file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame)
         that goes through the same framing and resize as a file."""
-        return self.assess_pixels(*self.model_input(source))
+        return self.second_look(self.assess_pixels(*self.model_input(source)), source)
 
-    def model_input(self, source) -> tuple[np.ndarray, list[str]]:
-        """(the model's input pixels, notes) of a file path or a 2-D uint8 grayscale array of any size."""
+    def second_look(self, result: Assessment, source) -> Assessment:
+        """`result` with the second opinion's probabilities on the same source (unchanged without one)."""
+        if self.second is None:
+            return result
+        probs = self.second.predict_pixels(self.model_input(source, self.second)[0])
+        return dataclasses.replace(result, second_probabilities=probs)
+
+    def model_input(self, source, model: "Classifier | None" = None) -> tuple[np.ndarray, list[str]]:
+        """(the input pixels of `model`, default this one, and notes) of a file path or a 2-D uint8 grayscale array
+        of any size."""
+        model = model or self
         if isinstance(source, (str, bytes, os.PathLike)):
-            return self.decode(source)
+            return self.decode(source, model)
         a = np.asarray(source)
         if a.ndim != 2 or a.dtype != np.uint8:
             raise ImageError(f"an image array must be 2-D uint8 grayscale (got {a.dtype} {a.shape})")
         if a.size > MAX_PIXELS:  # before any copy: a strided view of a huge buffer is copied by fromarray
             raise ImageError(f"image too large ({a.shape[1]}x{a.shape[0]} = {a.size:,} pixels > {MAX_PIXELS:,} limit)")
-        return to_model_input(Image.fromarray(a, mode="L"), self.size, self.contract), []
+        return to_model_input(Image.fromarray(a, mode="L"), model.size, model.contract), []
 
     def explain(self, source, target=None):
         """Where the model looked: an occlusion map (device/explain.py; a fixed device.explain.EVALUATIONS

@@ -6,7 +6,8 @@ For the shipped int8 student (and teacher), on the run's validation split (in-ho
 source (evaluation only), the AUROC of each candidate score for "this answer is wrong" (tumour vs no tumour on
 external-dev, the 4 classes in-house), and for "this scan is from another source". Candidates the board can
 compute: the sidecar's Mahalanobis score, 1 - the top probability, the entropy, and the disagreement of the
-student with the int8 teacher (both ship).
+student with the int8 teacher (both ship), and whether their top answers differ (what --second-opinion says):
+how many answers that flags, and how many of the wrong ones.
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def scores(student: Classifier, teacher: Classifier, items):
     t = np.stack([r[2] for r in rows])
     ent = -(p * np.log(np.clip(p, 1e-6, 1))).sum(1)
     cand = {"mahalanobis (shipped)": np.array([r[3] for r in rows]), "1 - top probability": 1 - p.max(1),
-            "entropy": ent, "student-teacher disagreement": 0.5 * np.abs(p - t).sum(1)}
+            "entropy": ent, "student-teacher disagreement": 0.5 * np.abs(p - t).sum(1),
+            "top answers differ (--second-opinion)": (p.argmax(1) != t.argmax(1)).astype(np.float64)}
     return labels, p, cand
 
 
@@ -91,8 +93,20 @@ def main(argv=None) -> int:
         else:
             no = classes.index(NO_TUMOUR)
             wrong = (pred == no) != (truth == no)
+        differ = cand["top answers differ (--second-opinion)"] > 0
+        # the free alternative at the same flag rate: the same number of the least confident answers
+        low = np.zeros(len(differ), bool)
+        low[np.argsort(-cand["1 - top probability"], kind="stable")[:int(differ.sum())]] = True
+        sure_wrong = wrong & (p.max(1) >= 0.9)   # confident errors: what no confidence threshold can catch
         table[name] = {"n": len(labels), "wrong": int(wrong.sum()),
-                       "auroc_wrong": {k: auroc(v, wrong) for k, v in cand.items()}}
+                       "auroc_wrong": {k: auroc(v, wrong) for k, v in cand.items()},
+                       "second_opinion": {"flagged": float(differ.mean()),
+                                          "wrong_caught": float(differ[wrong].mean()) if wrong.any() else None,
+                                          "right_flagged": float(differ[~wrong].mean()) if (~wrong).any() else None,
+                                          "wrong_caught_by_confidence": float(low[wrong].mean()) if wrong.any() else None,
+                                          "confident_wrong": float(sure_wrong.sum()),
+                                          "confident_wrong_caught": float(differ[sure_wrong].mean())
+                                          if sure_wrong.any() else None}}
         pooled[name] = cand
     val_c = pooled.pop("validation (in-house)")
     for name, cand in pooled.items():
@@ -107,6 +121,13 @@ def main(argv=None) -> int:
         cells = [f"{table[g]['auroc_wrong'][k]:.3f}" if table[g]["auroc_wrong"][k] is not None else "-" for g in table]
         cells += [f"{table[g]['auroc_source'][k]:.3f}" for g in table if g in pooled]
         print(f"| {k} | " + " | ".join(cells) + " |")
+    print("\n| --second-opinion | " + " | ".join(table) + " |")
+    for k in ("flagged", "wrong_caught", "right_flagged", "wrong_caught_by_confidence", "confident_wrong",
+              "confident_wrong_caught"):
+        fmt = "{:.0f}" if k == "confident_wrong" else "{:.1%}"
+        print(f"| {k.replace('_', ' ')} | " + " | ".join(
+            "-" if table[g]["second_opinion"][k] is None else fmt.format(table[g]["second_opinion"][k])
+            for g in table) + " |")
     return 0
 
 

@@ -16,7 +16,8 @@ GOLDEN = {  # (file, size, contract) -> sha256 of the model input's bytes, first
     ("gray.png", 96, 1): "ec3d2dcf6566ee77", ("rgb.jpg", 96, 2): "1cadcf0a46c9a8fd",
     ("rgb.jpg", 128, 2): "5a2b37504a53f5ff", ("rgb.jpg", 96, 1): "9f0dede43685c396",
     ("wide16.png", 96, 2): "fc588b23be9b1128", ("wide16.png", 128, 2): "e315880c9ddffa23",
-    ("wide16.png", 96, 1): "cad67f8aeeac2077",
+    ("wide16.png", 96, 1): "cad67f8aeeac2077", ("gray.png", 96, 3): "0f76325ae32a10bb",
+    ("rgb.jpg", 128, 3): "329f1920eec8238f", ("wide16.png", 96, 3): "827666cdea312fa9",
 }
 
 

@@ -66,6 +66,25 @@ def test_contract_v2_frames_the_head_whatever_the_canvas_text_or_noise(tmp_path)
     assert v1[0] < 0.15                         # v1 kept the canvas (and the text and the ruler)
 
 
+def test_contract_v3_gives_one_picture_whatever_the_intensity_curve(tmp_path):
+    """A darker, flatter or gamma-bent copy of one scan (another window, scanner or source's look) is one model
+    input under v3, and clearly not under v2; the black background stays black."""
+    head = _head().astype(np.float64)
+    curves = {"plain": head, "dark": head * 0.55, "gamma": 255 * (head / 255) ** 1.8,
+              "flat": np.where(head > 0, 60 + head * 0.4, 0)}
+    for name, a in curves.items():
+        Image.fromarray(np.pad(np.round(a), 8).astype(np.uint8)).save(tmp_path / f"{name}.png")
+    v2 = {n: load_image(tmp_path / f"{n}.png", 48, contract=2).astype(int) for n in curves}
+    v3 = {n: load_image(tmp_path / f"{n}.png", 48, contract=3).astype(int) for n in curves}
+    for n in ("dark", "gamma", "flat"):
+        assert np.abs(v2[n] - v2["plain"]).mean() > 15, n
+        assert np.abs(v3[n] - v3["plain"]).mean() < 3, (n, np.abs(v3[n] - v3["plain"]).mean())
+    plain = v3["plain"]
+    assert plain[0, 0] == 0 and plain[plain > 0].min() >= 1
+    inside = plain[v2["plain"] > 60]   # equalised: the head's grey levels spread over the whole range
+    assert abs(np.median(inside) - 127) < 20 and inside.max() - inside.min() > 200
+
+
 def test_head_box_falls_back_to_the_whole_image_when_there_is_no_head():
     assert head_box(Image.new("L", (50, 40), 0)) is None
     assert head_box(Image.new("L", (1, 1), 128)) == (0, 0, 1, 1)
