@@ -16,6 +16,7 @@ from convert.portable import portable
 from device.atomic import atomic_write_bytes, atomic_write_json
 from device.metadata import ModelError, read_metadata
 from device.metrics import pct
+from device.preprocess import HEAD_MEAN, HEAD_SD
 from train.config import RUN_DIR, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,8 @@ def model_card(manifest, parity, meta, bench=None, external=None, also=None, gro
         + ("cropped to the head's bounding box (largest bright region of a blurred thumbnail, 3% margin) and "
            "stretched to the square" if meta["preprocess"]["contract_version"] >= 2 else "pad to square with black")
         + ", bilinear resize"
-        + (", then the head's grey levels standardised (mean 128, sd 40)" if meta["preprocess"]["contract_version"] >= 3
+        + (f", then the head's grey levels standardised (mean {HEAD_MEAN:g}, sd {HEAD_SD:g})"
+           if meta["preprocess"]["contract_version"] >= 3
            else "") + ", uint8. Training used the identical function.", "",
         f"## Metrics (held-out test split, {parity['n']} images)", "",
         "| model | accuracy | macro-F1 |", "|---|---:|---:|",

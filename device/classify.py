@@ -362,9 +362,10 @@ def _classify_each(a, options, clf) -> int:
         t0 = time.perf_counter()
         attempted += problem is None
         if problem is None:
-            try:  # decoded once: the answer and its map (--explain) use the same pixels
-                pixels, decode_notes = clf.model_input(path)
-                result = clf.second_look(clf.assess_pixels(pixels, decode_notes), path)
+            try:  # decoded once: the answer, its second opinion and its map (--explain) use the same decode
+                inputs, decode_notes = clf.model_inputs(path)
+                pixels = inputs[0]
+                result = clf.assess_pixels(pixels, decode_notes, *inputs[1:])
             except ImageError as e:
                 problem = str(e)
             except MemoryError:

@@ -111,7 +111,7 @@ def serve(memory_mb: int) -> int:
     library printing to stdout cannot corrupt an answer)."""
     import warnings
 
-    from device.preprocess import load_scan
+    from device.preprocess import load_scans
 
     warnings.simplefilter("ignore")
     out = os.dup(1)
@@ -139,9 +139,9 @@ def serve(memory_mb: int) -> int:
         answer, pixels, restart = {}, b"", False
         with capture:
             try:
-                x, notes = load_scan(path, req["size"], req["contract"])
-                answer = {"ok": True, "notes": notes, "shape": list(x.shape)}
-                pixels = np.ascontiguousarray(x, np.uint8).tobytes()
+                xs, notes = load_scans(path, [(int(s), int(c)) for s, c in req["targets"]])
+                answer = {"ok": True, "notes": notes, "shapes": [list(x.shape) for x in xs]}
+                pixels = b"".join(np.ascontiguousarray(x, np.uint8).tobytes() for x in xs)
             except ImageError as e:
                 answer = {"error": str(e)}
             except MemoryError:
@@ -283,12 +283,18 @@ class DecodeWorker:
     def decode(self, path, size: int, contract: int) -> tuple[np.ndarray, list[str], str]:
         """(model input pixels, notes, what the decoder printed); ImageError with one line for a file that cannot be
         decoded or that hit a limit. RuntimeError (a bug) when the decoder raised something unexpected."""
+        xs, notes, printed = self.decode_all(path, [(size, contract)])
+        return xs[0], notes, printed
+
+    def decode_all(self, path, targets) -> tuple[list[np.ndarray], list[str], str]:
+        """decode for several (size, contract) model inputs from one decode of the file."""
+        targets = [(int(s), int(c)) for s, c in targets]
         with self._lock:
             if self.proc is None or self.proc.poll() is not None:
                 self._kill()
                 self._spawn()
-            req = json.dumps({"path": base64.b64encode(os.fsencode(path)).decode(), "size": int(size),
-                              "contract": int(contract), "cpu": self.cpu_seconds}).encode()
+            req = json.dumps({"path": base64.b64encode(os.fsencode(path)).decode(), "targets": targets,
+                              "cpu": self.cpu_seconds}).encode()
             try:
                 self.proc.stdin.write(_FRAME.pack(len(req)) + req)
                 self.proc.stdin.flush()
@@ -303,11 +309,12 @@ class DecodeWorker:
                 code = self._kill()
                 raise ImageError(self._death(code)) from None
             if header.get("ok"):
-                if header.get("shape") != [size, size] or len(payload) != size * size:
+                if header.get("shapes") != [[s, s] for s, _ in targets] or len(payload) != sum(s * s for s, _ in targets):
                     self._kill()
                     raise ImageError("the decoding worker answered nonsense")
-                return (np.frombuffer(payload, np.uint8).reshape(size, size).copy(),
-                        [str(n) for n in header.get("notes", [])], str(header.get("stderr", "")))
+                ends = np.cumsum([s * s for s, _ in targets])
+                xs = [np.frombuffer(payload[e - s * s:e], np.uint8).reshape(s, s).copy() for (s, _), e in zip(targets, ends)]
+                return xs, [str(n) for n in header.get("notes", [])], str(header.get("stderr", ""))
             if self.proc is not None and self.proc.poll() is not None:
                 self._kill()
             text = str(header.get("stderr", ""))

@@ -454,9 +454,15 @@ def standardise(x: np.ndarray) -> np.ndarray:
 
 def load_scan(path, size: int, contract: int = CONTRACT_VERSION) -> tuple[np.ndarray, list[str]]:
     """load_image, plus notes on what was chosen for the caller to show (e.g. which frame of a DICOM series)."""
+    xs, notes = load_scans(path, [(size, contract)])
+    return xs[0], notes
+
+
+def load_scans(path, targets) -> tuple[list[np.ndarray], list[str]]:
+    """load_scan for several (size, contract) model inputs from one decode (a model and its second opinion)."""
     img, notes = decode_scan(path)
     try:
-        return to_model_input(img, size, contract), notes
+        return [to_model_input(img, size, contract) for size, contract in targets], notes
     except MemoryError:
         raise ImageError("not enough memory to decode this image") from None
 

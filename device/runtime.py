@@ -12,7 +12,6 @@ tflite-runtime first (Pi OS Bookworm, 32-bit Pi OS), LiteRT (`ai-edge-litert`) w
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
 import numbers
@@ -32,7 +31,7 @@ from device.isolate import DECODE_CPU_SECONDS, DECODE_MEMORY_MB, DecodeWorker
 from device.metadata import ModelError, read_metadata
 from device.metrics import ranked
 from device.ood import Scorer
-from device.preprocess import MAX_PIXELS, ImageError, load_scan, to_model_input
+from device.preprocess import MAX_PIXELS, ImageError, load_scans, to_model_input
 
 RUNTIMES = {
     "tflite-runtime": "tflite_runtime.interpreter",
@@ -357,15 +356,17 @@ class Classifier:
             out = (out.astype(np.float32) - zp) * scale
         return out.astype(np.float32)
 
-    def assess_pixels(self, pixels: np.ndarray, notes=()) -> Assessment:
-        """uint8 (size, size) array from device.preprocess -> probabilities and OOD score."""
+    def assess_pixels(self, pixels: np.ndarray, notes=(), second_pixels: np.ndarray | None = None) -> Assessment:
+        """uint8 (size, size) array from device.preprocess -> probabilities and OOD score; with the second
+        opinion's input pixels (model_inputs), its probabilities too."""
         probs, feats = self._run(pixels, features=self.ood is not None)
         score = float(self.ood.score(feats)[0]) if feats is not None else None
         if self.priors is not None:
             from device.priors import adjust
 
             probs = adjust(probs, self.priors).astype(np.float32)
-        return Assessment(probs, score, tuple(notes))
+        second = None if second_pixels is None or self.second is None else self.second.predict_pixels(second_pixels)
+        return Assessment(probs, score, tuple(notes), second)
 
     def adapt(self, sources) -> tuple[np.ndarray, int]:
         """Re-estimate the class priors from a site's unlabeled scans (paths or 2-D uint8 arrays; unreadable ones
@@ -385,22 +386,22 @@ class Classifier:
         self.priors = em_priors(np.stack(probs))
         return self.priors, len(probs)
 
-    def decode(self, path, model: "Classifier | None" = None) -> tuple[np.ndarray, list[str]]:
-        """A file -> the input pixels of `model` (default: this one) and notes, in the limited worker
-        (options.isolate) or here. The second opinion's files go through this model's worker too."""
-        model = model or self
+    def decode(self, path, models: list["Classifier"]) -> tuple[list[np.ndarray], list[str]]:
+        """A file -> the input pixels of each of `models`, from one decode, and notes, in the limited worker
+        (options.isolate) or here. The second opinion's pixels come from this model's worker too."""
+        targets = [(m.size, m.contract) for m in models]
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         if not str(path):
             raise ImageError("empty path")
         if not self.options.isolate:
-            return load_scan(path, model.size, model.contract)
+            return load_scans(path, targets)
         with self._lock:
             if self._worker is None:
                 self._worker = DecodeWorker(self.options.decode_memory_mb, self.options.decode_seconds,
                                             max(2.0 * self.options.decode_seconds, 5.0))
-        pixels, notes, printed = self._worker.decode(path, model.size, model.contract)
-        return pixels, notes + ([f"decoder: {printed}"] if printed else [])
+        xs, notes, printed = self._worker.decode_all(path, targets)
+        return xs, notes + ([f"decoder: {printed}"] if printed else [])
 
     def close(self) -> None:
         """Stop the decoding worker (a later file starts it again)."""
@@ -436,27 +437,27 @@ class Classifier:
     def assess(self, source) -> Assessment:
         """source: an image or DICOM file path, or a 2-D uint8 grayscale image of any size (e.g. a camera frame)
         that goes through the same framing and resize as a file."""
-        return self.second_look(self.assess_pixels(*self.model_input(source)), source)
-
-    def second_look(self, result: Assessment, source) -> Assessment:
-        """`result` with the second opinion's probabilities on the same source (unchanged without one)."""
-        if self.second is None:
-            return result
-        probs = self.second.predict_pixels(self.model_input(source, self.second)[0])
-        return dataclasses.replace(result, second_probabilities=probs)
+        xs, notes = self.model_inputs(source)
+        return self.assess_pixels(xs[0], notes, *xs[1:])
 
     def model_input(self, source, model: "Classifier | None" = None) -> tuple[np.ndarray, list[str]]:
         """(the input pixels of `model`, default this one, and notes) of a file path or a 2-D uint8 grayscale array
         of any size."""
-        model = model or self
+        xs, notes = self.model_inputs(source, [model or self])
+        return xs[0], notes
+
+    def model_inputs(self, source, models: list["Classifier"] | None = None) -> tuple[list[np.ndarray], list[str]]:
+        """model_input for each of `models` (default: this one and its second opinion), from one decode."""
+        models = models or [self] + ([self.second] if self.second is not None else [])
         if isinstance(source, (str, bytes, os.PathLike)):
-            return self.decode(source, model)
+            return self.decode(source, models)
         a = np.asarray(source)
         if a.ndim != 2 or a.dtype != np.uint8:
             raise ImageError(f"an image array must be 2-D uint8 grayscale (got {a.dtype} {a.shape})")
         if a.size > MAX_PIXELS:  # before any copy: a strided view of a huge buffer is copied by fromarray
             raise ImageError(f"image too large ({a.shape[1]}x{a.shape[0]} = {a.size:,} pixels > {MAX_PIXELS:,} limit)")
-        return to_model_input(Image.fromarray(a, mode="L"), model.size, model.contract), []
+        img = Image.fromarray(a, mode="L")
+        return [to_model_input(img, m.size, m.contract) for m in models], []
 
     def explain(self, source, target=None):
         """Where the model looked: an occlusion map (device/explain.py; a fixed device.explain.EVALUATIONS

@@ -194,14 +194,14 @@ def test_an_internal_error_exits_3_and_the_batch_goes_on(model, tmp_path, monkey
     from device import classify as cli
     from device.runtime import Classifier
 
-    real = Classifier.model_input
+    real = Classifier.model_inputs
 
-    def broken(self, path):
+    def broken(self, path, models=None):
         if path.name == "bad.png":
             raise KeyError("bug")
-        return real(self, path)
+        return real(self, path, models)
 
-    monkeypatch.setattr(Classifier, "model_input", broken)
+    monkeypatch.setattr(Classifier, "model_inputs", broken)
     _scan(tmp_path / "bad.png")
     _scan(tmp_path / "good.png")
     assert cli.main(["--model", str(model), "--json", str(tmp_path)]) == 3

@@ -76,16 +76,16 @@ def test_the_cli_defaults_to_the_teacher_beside_the_model_and_reports_it(ood_mod
 
 def test_a_disagreement_is_said_on_the_answers_line(ood_model, model, tmp_path, monkeypatch, capsys):
     path = _scan(tmp_path)[0]
-    real = Classifier.second_look
+    real = Classifier.assess_pixels
 
-    def contrary(self, result, source):  # a second model sure of another class than the first's answer
-        r = real(self, result, source)
+    def contrary(self, pixels, notes=(), second_pixels=None):  # a second model sure of another class than the first's
+        r = real(self, pixels, notes, second_pixels)
         other = (int(np.argmax(r.probabilities)) + 1) % len(r.probabilities)
         return Assessment(r.probabilities, r.ood_score, r.notes, np.eye(len(r.probabilities), dtype=np.float32)[other])
 
     for suffix in (".tflite", ".json"):
         shutil.copy(model.with_suffix(suffix), ood_model.with_name("teacher_int8" + suffix))
-    monkeypatch.setattr(Classifier, "second_look", contrary)
+    monkeypatch.setattr(Classifier, "assess_pixels", contrary)
     assert cli.main(["--second-opinion", str(path), "--model", str(ood_model)]) == 0  # a flag: the path stays a path
     line = capsys.readouterr().out.strip()
     assert "the models disagree: check this scan" in line and line.count("\n") == 0
